@@ -1,0 +1,21 @@
+"""ddpm: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020), small and tested."""
+
+from .diffusion import GaussianDiffusion, discretized_gaussian_log_likelihood, normal_kl
+from .schedules import (
+    cosine_beta_schedule,
+    get_beta_schedule,
+    linear_beta_schedule,
+    schedule_quantities,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GaussianDiffusion",
+    "cosine_beta_schedule",
+    "discretized_gaussian_log_likelihood",
+    "get_beta_schedule",
+    "linear_beta_schedule",
+    "normal_kl",
+    "schedule_quantities",
+]
