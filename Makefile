@@ -4,6 +4,7 @@
 #   make test    same install, then lint, unit tests, notebooks (nbval), strict book build
 #   make lint    ruff
 #   make bench   benchmarks (own venv, see bench/README.md)
+#   make chapter NB=book/NN_name.ipynb   build one chapter on its own, strictly
 #   make clean   remove _build
 #
 # Override on the command line, e.g. `make test PYTHON=python3.12 VENV=/tmp/venv`.
@@ -29,10 +30,10 @@ export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export JUPYTER_PREFER_ENV_PATH := 1
 
-.PHONY: help install book test lint unit nbval book-strict bench clean distclean
+.PHONY: help install book test lint unit nbval book-strict bench chapter clean distclean
 
 help:
-	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
@@ -85,6 +86,16 @@ book-strict: $(STAMP)
 
 bench:
 	bash bench/run.sh
+
+# Build one chapter on its own, strictly: make chapter NB=book/01_forward_process.ipynb
+CHAPTER_DIR ?= /tmp/ddpm-chapter
+chapter: $(STAMP)
+	@test -n "$(NB)" || { echo "usage: make chapter NB=book/NN_name.ipynb"; exit 2; }
+	rm -rf $(CHAPTER_DIR) && mkdir -p $(CHAPTER_DIR)
+	cp -r _config.yml book $(CHAPTER_DIR)/
+	printf 'format: jb-book\nroot: book/intro\nchapters:\n  - file: %s\n  - file: book/references\n' \
+	  "$(basename $(NB))" > $(CHAPTER_DIR)/_toc.yml
+	$(BIN)/jupyter-book build $(CHAPTER_DIR) --path-output $(CHAPTER_DIR) --all $(BOOKFLAGS)
 
 clean:
 	rm -rf _build
