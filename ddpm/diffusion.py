@@ -70,6 +70,23 @@ def discretized_gaussian_log_likelihood(
     return torch.where(x < -edge, log_cdf_upper, torch.where(x > edge, log_sf_lower, log_mass))
 
 
+class _Trajectory:
+    """The steps, inputs x_t and predicted x0 recorded along a reverse chain (kept on the CPU)."""
+
+    def __init__(self):
+        self.t: list[int] = []
+        self.xt: list[torch.Tensor] = []
+        self.pred_x0: list[torch.Tensor] = []
+
+    def add(self, t: int, xt: torch.Tensor, pred_x0: torch.Tensor) -> None:
+        self.t.append(t)
+        self.xt.append(xt.cpu())
+        self.pred_x0.append(pred_x0.cpu())
+
+    def as_dict(self) -> dict:
+        return {"t": self.t, "xt": torch.stack(self.xt), "pred_x0": torch.stack(self.pred_x0)}
+
+
 def _mean_flat(x: torch.Tensor) -> torch.Tensor:
     """Mean over every dimension but the batch: [B, ...] -> [B]."""
     return x.reshape(x.shape[0], -1).mean(dim=1)
@@ -336,25 +353,17 @@ class GaussianDiffusion:
         starts = self._start_steps(t_start, shape[0], device)
         x = self._randn(shape, generator, device) if x_start is None else x_start.to(device)
         every = trajectory_every or max(1, self.num_timesteps // 10)
-        record = {"t": [], "xt": [], "pred_x0": []}
+        record = _Trajectory()
         first = int(starts.max())
         for i in tqdm(range(first, -1, -1), desc="sampling", disable=not progress, leave=False):
             t = torch.full((shape[0],), i, dtype=torch.long, device=device)
             noise = self._randn(shape, generator, device)
             x_prev, pred_x0 = self._p_sample(model, x, t, noise, clip_denoised)
             if return_trajectory and (i % every == 0 or i == first):
-                record["t"].append(i)
-                record["xt"].append(x.cpu())
-                record["pred_x0"].append(pred_x0.cpu())
+                record.add(i, x, pred_x0)
             active = (starts >= i).reshape(-1, *([1] * (x.ndim - 1)))
             x = torch.where(active, x_prev, x)
-        if not return_trajectory:
-            return x
-        return x, {
-            "t": record["t"],
-            "xt": torch.stack(record["xt"]),
-            "pred_x0": torch.stack(record["pred_x0"]),
-        }
+        return (x, record.as_dict()) if return_trajectory else x
 
     def _start_steps(self, t_start, batch: int, device) -> torch.Tensor:
         if t_start is None:
@@ -423,23 +432,15 @@ class GaussianDiffusion:
         device = self._device(model, device, x_start)
         shape = tuple(shape) if x_start is None else tuple(x_start.shape)
         x = self._randn(shape, generator, device) if x_start is None else x_start.to(device)
-        record = {"t": [], "xt": [], "pred_x0": []}
+        record = _Trajectory()
         for k, i in enumerate(tqdm(seq, desc="DDIM", disable=not progress, leave=False)):
             i_prev = seq[k + 1] if k + 1 < len(seq) else -1
             noise = self._randn(shape, generator, device) if eta > 0 else None
             x_prev, pred_x0 = self._ddim_step(model, x, i, i_prev, eta, clip_denoised, noise)
             if return_trajectory:
-                record["t"].append(i)
-                record["xt"].append(x.cpu())
-                record["pred_x0"].append(pred_x0.cpu())
+                record.add(i, x, pred_x0)
             x = x_prev
-        if not return_trajectory:
-            return x
-        return x, {
-            "t": record["t"],
-            "xt": torch.stack(record["xt"]),
-            "pred_x0": torch.stack(record["pred_x0"]),
-        }
+        return (x, record.as_dict()) if return_trajectory else x
 
     @torch.no_grad()
     def ddim_encode(
