@@ -186,7 +186,7 @@ class GaussianDiffusion:
         """Mean, variance, log-variance of q(x_t | x_0) = N(sqrt(a-bar) x0, 1 - a-bar) (eq. 4)."""
         t = self._check_t(t, x0)
         mean = self._extract("sqrt_alphas_cumprod", t, x0) * x0
-        var = self._full(1.0 - self._extract("alphas_cumprod", t, x0), x0)
+        var = self._full(self._extract("one_minus_alphas_cumprod", t, x0), x0)
         log_var = self._full(self._extract("log_one_minus_alphas_cumprod", t, x0), x0)
         return mean, var, log_var
 
@@ -499,7 +499,8 @@ class GaussianDiffusion:
 
         ``"simple"``: L_simple (eq. 14, Algorithm 1): the mean squared error between the model's
         output and its target (eps, x0 or mu-tilde, by mean type), averaged over dimensions.
-        ``"vlb"``: the bound's term for step t in bits/dim (L_t for t >= 1, L_0 at t = 0).
+        ``"vlb"``: the bound's term for step t in bits/dim (L_t for t >= 1, L_0 at t = 0), with
+        the model's raw prediction (no clipping: a training loss must stay differentiable).
         ``t`` defaults to uniform steps, ``noise`` to standard normal draws.
         """
         if loss_type not in LOSS_TYPES:
@@ -554,8 +555,10 @@ class GaussianDiffusion:
         Returns ``prior_bpd`` [B] (L_T), ``terms_bpd`` [B, T] (column t: L_0 at t = 0, else the KL
         term of step t), ``x0_mse`` [B, T] (the squared error of the predicted x0 at each step: the
         distortion of the paper's Fig. 5) and ``total_bpd`` [B]. ``decoder="discretized"`` is the
-        paper's 8-bit decoder; ``"gaussian"`` a continuous density, for non-image data. Costs T
-        model calls.
+        paper's 8-bit decoder; ``"gaussian"`` a continuous density, for non-image data.
+        ``clip_denoised`` (default True, as the original evaluation code) clips the predicted x0
+        before forming the reverse mean, i.e. it bounds the model the sampler actually uses.
+        Costs T model calls.
         """
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")

@@ -3,7 +3,7 @@
 Code index ``t`` in ``{0, ..., T-1}`` is the paper's step ``t + 1``: ``betas[0]`` is the paper's
 beta_1 and ``alphas_cumprod[t]`` is alpha-bar_{t+1}. Everything here is float64 on the CPU;
 :class:`ddpm.diffusion.GaussianDiffusion` casts to the data's dtype and device only at the end
-(pitfall: a float32 cumulative product of 1000 factors drifts visibly).
+(pitfall 9: in float32, 1 - alpha-bar_t near t = 0 keeps only ~4 significant digits).
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class ScheduleQuantities:
     alphas: torch.Tensor  # alpha_t = 1 - beta_t
     alphas_cumprod: torch.Tensor  # alpha-bar_t = prod_{s<=t} alpha_s (eq. 4)
     alphas_cumprod_prev: torch.Tensor  # alpha-bar_{t-1}, with alpha-bar_0 = 1
+    one_minus_alphas_cumprod: torch.Tensor  # 1 - alpha-bar_t, the variance of q(x_t | x_0)
     sqrt_alphas_cumprod: torch.Tensor
     sqrt_one_minus_alphas_cumprod: torch.Tensor
     log_one_minus_alphas_cumprod: torch.Tensor
@@ -146,6 +147,7 @@ def schedule_quantities(betas) -> ScheduleQuantities:
         alphas=alphas,
         alphas_cumprod=alphas_cumprod,
         alphas_cumprod_prev=alphas_cumprod_prev,
+        one_minus_alphas_cumprod=one_minus,
         sqrt_alphas_cumprod=alphas_cumprod.sqrt(),
         sqrt_one_minus_alphas_cumprod=one_minus.sqrt(),
         log_one_minus_alphas_cumprod=torch.log(one_minus),

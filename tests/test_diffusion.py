@@ -542,6 +542,14 @@ def test_any_shape(shape):
     assert d.vlb_terms(model, 3 * x0, decoder="gaussian")["total_bpd"].shape == (shape[0],)
 
 
+def test_float32_tables_are_rounded_from_float64(diffusion):
+    # 1 - alpha-bar_0 = 1e-4 exactly; computed in float32 it would be off by ~2e-4 relative
+    _, var, log_var = diffusion.q_mean_variance(torch.zeros(1, 3), 0)
+    assert var.dtype == torch.float32
+    assert var[0, 0].item() == pytest.approx(1e-4, rel=1e-6)
+    assert log_var[0, 0].item() == pytest.approx(math.log(1e-4), rel=1e-6)
+
+
 def test_float64_data_stays_float64(diffusion):
     x0 = torch.randn(2, 3, dtype=torch.float64)
     assert diffusion.q_sample(x0, 5).dtype == torch.float64
