@@ -494,19 +494,24 @@ class GaussianDiffusion:
         t=None,
         noise: torch.Tensor | None = None,
         loss_type: str = "simple",
+        *,
+        decoder: str = "discretized",
     ) -> torch.Tensor:
         """Per-example training loss, shape [B].
 
         ``"simple"``: L_simple (eq. 14, Algorithm 1): the mean squared error between the model's
         output and its target (eps, x0 or mu-tilde, by mean type), averaged over dimensions.
         ``"vlb"``: the bound's term for step t in bits/dim (L_t for t >= 1, L_0 at t = 0), with
-        the model's raw prediction (no clipping: a training loss must stay differentiable).
-        ``t`` defaults to uniform steps, ``noise`` to standard normal draws.
+        the model's raw prediction (no clipping: a training loss must stay differentiable) and
+        the L_0 ``decoder`` of :meth:`vlb_terms`. ``t`` defaults to uniform steps, ``noise`` to
+        standard normal draws.
         """
         if loss_type not in LOSS_TYPES:
             raise ValueError(
                 f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}"
             )
+        if loss_type == "vlb":
+            self._check_decoder(decoder, x0)
         if t is None:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         t = self._check_t(t, x0)
@@ -514,9 +519,7 @@ class GaussianDiffusion:
             noise = torch.randn_like(x0)
         xt = self.q_sample(x0, t, noise)
         if loss_type == "vlb":
-            return self._vb_term_bpd(model, x0, xt, t, clip_denoised=False, decoder="discretized")[
-                0
-            ]
+            return self._vb_term_bpd(model, x0, xt, t, clip_denoised=False, decoder=decoder)[0]
         out = self._model_output(model, xt, t)
         if self.model_mean_type == "eps":
             target = noise
@@ -525,6 +528,17 @@ class GaussianDiffusion:
         else:
             target = self.q_posterior_mean_variance(x0, xt, t)[0]
         return _mean_flat((out - target) ** 2)
+
+    @staticmethod
+    def _check_decoder(decoder: str, x0: torch.Tensor) -> None:
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
+        if decoder == "discretized" and (x0.min() < -1 - 1e-6 or x0.max() > 1 + 1e-6):
+            raise ValueError(
+                "the discretized decoder expects data scaled to [-1, 1] (got values in "
+                f"{x0.min().item():.3g}..{x0.max().item():.3g}); rescale x -> 2x - 1 or use "
+                "decoder='gaussian'"
+            )
 
     def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
         """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, per example (no parameters to learn).
@@ -560,14 +574,7 @@ class GaussianDiffusion:
         before forming the reverse mean, i.e. it bounds the model the sampler actually uses.
         Costs T model calls.
         """
-        if decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
-        if decoder == "discretized" and (x0.min() < -1 - 1e-6 or x0.max() > 1 + 1e-6):
-            raise ValueError(
-                "the discretized decoder expects data scaled to [-1, 1] (got values in "
-                f"{x0.min().item():.3g}..{x0.max().item():.3g}); rescale x -> 2x - 1 or use "
-                "decoder='gaussian'"
-            )
+        self._check_decoder(decoder, x0)
         B, T = x0.shape[0], self.num_timesteps
         dtype = torch.promote_types(x0.dtype, torch.float32)
         terms = torch.zeros(B, T, device=x0.device, dtype=dtype)

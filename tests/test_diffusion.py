@@ -314,6 +314,11 @@ def test_vlb_loss_matches_its_definition(diffusion):
     kl = normal_kl(q_mean, q_logvar, p["mean"], p["log_variance"]).mean(1) / LN2
     nll = -discretized_gaussian_log_likelihood(x0, p["mean"], p["log_variance"]).mean(1) / LN2
     assert torch.allclose(loss[1:], kl[1:]) and torch.allclose(loss[:1], nll[:1])
+    # continuous data: the Gaussian decoder's density at t = 0, the same KL terms elsewhere
+    dens = diffusion.training_losses(model, x0, t, noise, loss_type="vlb", decoder="gaussian")
+    var = p["log_variance"].exp()
+    gauss = 0.5 * (torch.log(2 * math.pi * var) + (x0 - p["mean"]) ** 2 / var).mean(1) / LN2
+    assert torch.allclose(dens[1:], kl[1:]) and torch.allclose(dens[:1], gauss[:1])
 
 
 def test_simple_loss_targets():
@@ -584,6 +589,10 @@ def test_bad_inputs_give_clear_errors(diffusion):
         diffusion.ddim_sample(lambda xt, t: xt, (2, 3), steps=1001)
     with pytest.raises(ValueError, match="eta"):
         diffusion.ddim_sample(lambda xt, t: xt, (2, 3), eta=-1.0)
+    with pytest.raises(ValueError, match="decoder"):
+        diffusion.training_losses(lambda xt, t: xt, x, loss_type="vlb", decoder="laplace")
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        diffusion.training_losses(lambda xt, t: xt, x + 2, loss_type="vlb")
     with pytest.raises(ValueError, match="loss_type"):
         diffusion.training_losses(lambda xt, t: xt, x, loss_type="hybrid")
     with pytest.raises(ValueError, match="same shape"):
