@@ -559,7 +559,7 @@ class GaussianDiffusion:
         model: Model,
         x0: torch.Tensor,
         *,
-        clip_denoised: bool = True,
+        clip_denoised: bool | None = None,
         decoder: str = "discretized",
         generator: torch.Generator | None = None,
         progress: bool = False,
@@ -570,11 +570,14 @@ class GaussianDiffusion:
         term of step t), ``x0_mse`` [B, T] (the squared error of the predicted x0 at each step: the
         distortion of the paper's Fig. 5) and ``total_bpd`` [B]. ``decoder="discretized"`` is the
         paper's 8-bit decoder; ``"gaussian"`` a continuous density, for non-image data.
-        ``clip_denoised`` (default True, as the original evaluation code) clips the predicted x0
-        before forming the reverse mean, i.e. it bounds the model the sampler actually uses.
-        Costs T model calls.
+        ``clip_denoised`` clips the predicted x0 to [-1, 1] before forming the reverse mean, i.e.
+        it bounds the model the sampler actually uses; by default it is on for the discretized
+        decoder (as in the original evaluation code) and off for ``"gaussian"`` (data that are
+        not images need not lie in [-1, 1]). Costs T model calls.
         """
         self._check_decoder(decoder, x0)
+        if clip_denoised is None:
+            clip_denoised = decoder == "discretized"
         B, T = x0.shape[0], self.num_timesteps
         dtype = torch.promote_types(x0.dtype, torch.float32)
         terms = torch.zeros(B, T, device=x0.device, dtype=dtype)

@@ -547,6 +547,19 @@ def test_any_shape(shape):
     assert d.vlb_terms(model, 3 * x0, decoder="gaussian")["total_bpd"].shape == (shape[0],)
 
 
+def test_bound_clips_only_image_data_by_default(diffusion):
+    d = GaussianDiffusion(linear_beta_schedule(100))
+    model = gaussian_data_model(d, 0.0, 3.0)  # data far outside [-1, 1]
+    x0 = 3.0 * torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+
+    def bound(**kw):
+        out = d.vlb_terms(model, x0, decoder="gaussian", generator=torch.Generator(), **kw)
+        return out["total_bpd"].mean().item()
+
+    assert bound() == bound(clip_denoised=False)
+    assert bound(clip_denoised=True) > bound() + 1.0  # clipping would ruin it
+
+
 def test_float32_tables_are_rounded_from_float64(diffusion):
     # 1 - alpha-bar_0 = 1e-4 exactly; computed in float32 it would be off by ~2e-4 relative
     _, var, log_var = diffusion.q_mean_variance(torch.zeros(1, 3), 0)
