@@ -1,0 +1,580 @@
+"""Time one DDPM training step and one sampling step of our UNet against peer UNets.
+
+What is measured, per library and batch size, on 32x32x3 inputs (the paper's CIFAR-10 setting):
+
+* ``train``: one L_simple training step -- draw t ~ U{0..999} and eps ~ N(0, I), make
+  x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (linear 1e-4..0.02 schedule), forward,
+  MSE(eps_pred, eps), backward, Adam step (lr 2e-4). Model in train mode (dropout on).
+* ``sample``: one reverse step's network call -- a forward pass under ``torch.inference_mode``
+  at a fixed t = 500, model in eval mode. (The posterior update itself is a few elementwise ops
+  and is left out: it is the same for every library.)
+
+For every model: parameter count and forward FLOPs of a batch-1 forward, counted with
+``torch.utils.flop_counter.FlopCounterMode`` (the same method for all; it counts matmuls,
+convolutions and attention -- SDPA forced to its math backend while counting -- not elementwise
+ops or norms; 1 multiply-add = 2 FLOPs).
+
+Timing: median and interquartile range (q3 - q1) of wall-clock time over ``--repeats`` steps
+after ``--warmup`` untimed steps (CUDA: synchronised before each clock read).
+
+Memory: CPU -- the peak RSS (``ru_maxrss``) of the worker process, and that peak minus the RSS
+just before the first step (imports, model, inputs and optimizer object already there; Adam's
+state is created in the first step and so counts). CUDA -- ``torch.cuda.max_memory_allocated``
+and that peak minus the memory allocated before the first step.
+
+Each (library, batch size, step) runs in its own subprocess, so peak memory and import state
+do not mix; model facts (parameters, FLOPs) come from one more subprocess per library.
+
+Shared machines: every row records the share of the machine's CPU that other processes used
+during its timed steps (/proc/stat). On a CPU the driver waits for a quiet machine before each
+row and measures a row again while that share was above --max-other-load (see --retries,
+--quiet-wait, --time-budget), keeping the least disturbed try and recording all of them.
+
+Run through ``bench/run.sh`` (``make bench``), which builds the bench venv; see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata as md
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+T_STEPS = 1000  # diffusion steps, the paper's T
+T_SAMPLE = 500  # the fixed step at which the sampling forward pass is timed
+LR = 2e-4  # the paper's Adam learning rate
+PAPER_PARAMS = 35_746_307  # the original release's CIFAR-10 model
+
+# ---------------------------------------------------------------------------------------------
+# The models. Each builder returns (model, forward(model, x, t) -> eps_pred, config, notes).
+# Peers are only imported and called; their configs are chosen to be as close to the paper's
+# CIFAR-10 UNet (ch 128, mult 1,2,2,2, 2 res blocks, attention at 16x16, dropout 0.1) as their
+# constructors can express. bench/README.md lists what still differs.
+# ---------------------------------------------------------------------------------------------
+
+
+def build_ours():
+    from ddpm.unet import UNet
+
+    model = UNet.from_preset("cifar10")
+    config = {"preset": "cifar10"}
+    return model, lambda m, x, t: m(x, t), config, "ddpm.unet.UNet.from_preset('cifar10')"
+
+
+def build_labml():
+    from labml_nn.diffusion.ddpm.unet import UNet
+
+    # labml's ch_mults are cumulative (channels_i = channels_{i-1} * ch_mults[i]), so the paper's
+    # per-level widths 128, 256, 256, 256 are ch_mults (1, 2, 1, 1), not (1, 2, 2, 2).
+    config = {
+        "image_channels": 3,
+        "n_channels": 128,
+        "ch_mults": (1, 2, 1, 1),
+        "is_attn": (False, True, False, False),
+        "n_blocks": 2,
+    }
+    model = UNet(**config)  # dropout is fixed at 0.1 inside labml's ResidualBlock
+    return model, lambda m, x, t: m(x, t), config, "labml_nn.diffusion.ddpm.unet.UNet"
+
+
+def build_lucidrains():
+    from denoising_diffusion_pytorch import Unet
+
+    config = {
+        "dim": 128,
+        "dim_mults": (1, 2, 2, 2),
+        "channels": 3,
+        "dropout": 0.1,
+        # full (softmax) attention at the 16x16 stage; its other stages always get linear
+        # attention, and the middle block always gets full attention.
+        "full_attn": (False, True, False, False),
+    }
+    model = Unet(**config)
+    return model, lambda m, x, t: m(x, t), config, "denoising_diffusion_pytorch.Unet"
+
+
+DIFFUSERS_CONFIG = {
+    # google/ddpm-cifar10-32's config (the paper's model converted by the diffusers authors),
+    # built from the config: no weights are downloaded. dropout 0.1 is the paper's training
+    # setting (that config leaves it at the default 0.0).
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": (128, 256, 256, 256),
+    "layers_per_block": 2,
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    "attention_head_dim": None,
+    "act_fn": "silu",
+    "center_input_sample": False,
+    "downsample_padding": 0,
+    "flip_sin_to_cos": False,
+    "freq_shift": 1,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-6,
+    "norm_num_groups": 32,
+    "time_embedding_type": "positional",
+    "dropout": 0.1,
+}
+
+
+def build_diffusers():
+    from diffusers import UNet2DModel
+
+    model = UNet2DModel(**DIFFUSERS_CONFIG)
+    return (
+        model,
+        lambda m, x, t: m(x, t, return_dict=False)[0],
+        DIFFUSERS_CONFIG,
+        "diffusers.UNet2DModel",
+    )
+
+
+LIBS = {
+    # name: (builder, distribution whose version is reported)
+    "ours": (build_ours, "ddpm"),
+    "labml": (build_labml, "labml-nn"),
+    "lucidrains": (build_lucidrains, "denoising-diffusion-pytorch"),
+    "diffusers": (build_diffusers, "diffusers"),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Worker: runs inside the subprocess.
+# ---------------------------------------------------------------------------------------------
+
+
+def _rss_now_kib() -> int:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _peak_rss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def _cpu_busy_s() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the machine since boot (/proc/stat); None off Linux."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / hz, sum(fields) / hz
+
+
+def _others_cpu_frac(busy0, busy1, own_cpu_s: float) -> float | None:
+    """Share of the machine's CPU time that other processes used between two _cpu_busy_s()."""
+    if busy0 is None or busy1 is None or busy1[1] <= busy0[1]:
+        return None
+    return max(0.0, (busy1[0] - busy0[0]) - own_cpu_s) / (busy1[1] - busy0[1])
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "?"
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def worker(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but torch.cuda.is_available() is False")
+    torch.manual_seed(0)
+
+    builder, dist = LIBS[args.lib]
+    model, fwd, config, where = builder()
+    model = model.to(device)
+    out = {"lib": args.lib, "dist": dist, "version": _version(dist), "class": where}
+
+    if args.what == "info":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        model.eval()
+        x = torch.randn(1, 3, 32, 32, device=device)
+        t = torch.full((1,), T_SAMPLE, dtype=torch.long, device=device)
+        # Fused CPU attention kernels (e.g. SDPA's flash-for-CPU) are invisible to
+        # FlopCounterMode; the math backend decomposes attention into counted bmm's, so every
+        # model's attention is counted, whichever way it calls it.
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), counter:
+            y = fwd(model, x, t)
+        flops_by_op = {str(k): int(v) for k, v in counter.get_flop_counts()["Global"].items()}
+        assert y.shape == x.shape, f"{args.lib}: output {tuple(y.shape)} != input {tuple(x.shape)}"
+        out.update(
+            params=sum(p.numel() for p in model.parameters()),
+            fwd_flops_b1=int(counter.get_total_flops()),
+            fwd_flops_b1_by_op=flops_by_op,
+            config=_jsonable(config),
+            torch=torch.__version__,
+            threads=torch.get_num_threads(),
+        )
+        return out
+
+    B = args.batch
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x0 = (torch.rand(B, 3, 32, 32, generator=gen) * 2 - 1).to(device)  # data in [-1, 1]
+    betas = torch.linspace(1e-4, 0.02, T_STEPS, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0).float().to(device)
+
+    if args.what == "train":
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=LR)
+
+        def step():
+            t = torch.randint(0, T_STEPS, (B,), device=device)
+            eps = torch.randn_like(x0)
+            a = abar[t].view(B, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+            loss = torch.nn.functional.mse_loss(fwd(model, xt, t), eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss
+
+    elif args.what == "sample":
+        model.eval()
+        xt = torch.randn(B, 3, 32, 32, device=device)
+        t = torch.full((B,), T_SAMPLE, dtype=torch.long, device=device)
+
+        def step():
+            with torch.inference_mode():
+                return fwd(model, xt, t)
+
+    else:
+        raise ValueError(args.what)
+
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base_mem = torch.cuda.memory_allocated(device)
+    else:
+        base_mem = _rss_now_kib() * 1024
+        base_peak = _peak_rss_kib() * 1024
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    times = []
+    load_before = os.getloadavg()[0]
+    busy0 = _cpu_busy_s()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        r = step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    # CPU seconds this process got per wall second per thread: ~1 when it had its cores to
+    # itself, lower when other processes took them (a sign that the timings are inflated).
+    own_cpu_s = time.process_time() - cpu0
+    cpu_util = own_cpu_s / (time.perf_counter() - wall0) / args.threads
+    # Share of all cores that *other* processes used meanwhile: the direct measure of how
+    # noisy the machine was for this row (0 on an otherwise idle machine).
+    others = _others_cpu_frac(busy0, _cpu_busy_s(), own_cpu_s)
+    load_after = os.getloadavg()[0]
+    assert torch.isfinite(r).all(), f"{args.lib}: non-finite output"
+
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device)
+        mem = {"mem_kind": "cuda_max_memory_allocated", "peak_bytes": peak}
+    else:
+        peak = _peak_rss_kib() * 1024
+        mem = {"mem_kind": "peak_rss", "peak_bytes": peak, "peak_before_steps_bytes": base_peak}
+    mem["base_bytes"] = base_mem
+    mem["delta_bytes"] = peak - base_mem
+
+    q1, med, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    out.update(
+        batch=B,
+        step=args.what,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        times_s=times,
+        median_s=med,
+        iqr_s=q3 - q1,
+        threads=torch.get_num_threads(),
+        cpu_util=cpu_util,
+        others_cpu_frac=others,
+        loadavg_1m=(load_before, load_after),
+        **mem,
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver: one subprocess per (library, batch size, step), then the tables.
+# ---------------------------------------------------------------------------------------------
+
+
+def run_worker(args, lib: str, what: str, batch: int = 0) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result.json"
+        cmd = [
+            sys.executable, __file__, "--_worker", what, "--_lib", lib, "--_batch", str(batch),
+            "--_result", str(result), "--device", args.device, "--threads", str(args.threads),
+            "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+        ]  # fmt: skip
+        env = dict(os.environ)
+        n = str(args.threads)
+        env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, HF_HUB_OFFLINE="1")
+        env.setdefault("DIFFUSERS_NO_ADVISORY_WARNINGS", "1")
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env)
+        if proc.returncode != 0 or not result.exists():
+            raise RuntimeError(f"worker {lib}/{what}/batch {batch} failed (exit {proc.returncode})")
+        out = json.loads(result.read_text())
+        out["worker_wall_s"] = time.perf_counter() - t0
+        return out
+
+
+def wait_quiet(threshold: float, max_wait: float) -> tuple[float, float | None]:
+    """Wait (at most ``max_wait`` s) until other processes use less than ``threshold`` of the
+    machine's CPU over a 2 s window. Returns (seconds waited, last measured share)."""
+    t0 = time.perf_counter()
+    while True:
+        b0 = _cpu_busy_s()
+        time.sleep(2.0)
+        frac = _others_cpu_frac(b0, _cpu_busy_s(), 0.0)  # the driver itself is idle meanwhile
+        if frac is None or frac < threshold or time.perf_counter() - t0 >= max_wait:
+            return time.perf_counter() - t0, frac
+
+
+def measure(args, lib: str, what: str, batch: int) -> dict:
+    """One timed row. On a CPU, wait for a quiet machine first, and measure again (at most
+    ``--retries`` times) while other processes took more than ``--max-other-load`` of the CPU
+    during the timed steps; keep the least disturbed attempt and record all of them."""
+    attempts = []
+    for _ in range(1 + args.retries):
+        # the gate is for CPU timings, and only while the run is within --time-budget
+        gate = args.device == "cpu" and time.perf_counter() - args.t_start < args.time_budget
+        if attempts and not gate:
+            break
+        if attempts:
+            print("[bench]   other processes were busy: measuring again", file=sys.stderr)
+        waited, before = wait_quiet(args.max_other_load, args.quiet_wait) if gate else (0.0, None)
+        r = run_worker(args, lib, what, batch)
+        r.update(quiet_waited_s=waited, others_cpu_frac_before=before)
+        attempts.append(r)
+        others = r["others_cpu_frac"]
+        print(
+            f"[bench]   median {fmt_ms(r['median_s'])} ms, IQR {fmt_ms(r['iqr_s'])} ms, peak "
+            f"{fmt_mib(r['peak_bytes'])} MiB, others' CPU {fmt_pct(others)}, CPU util "
+            f"{r['cpu_util']:.0%} (waited {waited:.0f} s, ran {r['worker_wall_s']:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if not gate or others is None or others <= args.max_other_load:
+            break
+    best = min(attempts, key=lambda a: a["others_cpu_frac"] or 0.0)
+    best["attempts"] = [
+        {k: a[k] for k in ("median_s", "iqr_s", "others_cpu_frac", "cpu_util", "quiet_waited_s")}
+        for a in attempts
+    ]
+    return best
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def fmt_ms(s: float) -> str:
+    return f"{s * 1e3:.1f}"
+
+
+def fmt_pct(x: float | None) -> str:
+    return "?" if x is None else f"{x:.0%}"
+
+
+def fmt_mib(b: float) -> str:
+    return f"{b / 2**20:.0f}"
+
+
+def markdown(report: dict) -> str:
+    meta, models, results = report["meta"], report["models"], report["results"]
+    lines = [
+        f"device {meta['device']} ({meta['device_name']}), torch {meta['torch']}, "
+        f"{meta['threads']} torch threads, warmup {meta['warmup']}, repeats {meta['repeats']}",
+        "",
+        "*others' CPU*: share of the machine's CPU time that other processes used during the "
+        "row's timed steps; *tries*: how often the row was measured (on a CPU, again while "
+        f"others' CPU > {meta['max_other_load']:.0%}, at most {meta['retries']} more times; "
+        "the least disturbed try is shown).",
+        "",
+        "| library | version | params | fwd GFLOPs (batch 1) |",
+        "|---|---|---:|---:|",
+    ]
+    for m in models:
+        lines.append(
+            f"| {m['lib']} | {m['dist']} {m['version']} | {m['params']:,} | "
+            f"{m['fwd_flops_b1'] / 1e9:.2f} |"
+        )
+    cuda = meta["device"].startswith("cuda")
+    peak_h = "peak CUDA alloc MiB" if cuda else "peak RSS MiB"
+    delta_h = "alloc delta MiB" if cuda else "peak RSS delta MiB"
+    lines += [
+        "",
+        f"| library | batch | step | median ms | IQR ms | img/s | {peak_h} | {delta_h} "
+        "| others' CPU | tries |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['lib']} | {r['batch']} | {r['step']} | {fmt_ms(r['median_s'])} | "
+            f"{fmt_ms(r['iqr_s'])} | {r['batch'] / r['median_s']:.1f} | "
+            f"{fmt_mib(r['peak_bytes'])} | {fmt_mib(r['delta_bytes'])} | "
+            f"{fmt_pct(r['others_cpu_frac'])} | {len(r['attempts'])} |"
+        )
+    return "\n".join(lines)
+
+
+def driver(args) -> int:
+    import torch  # only for facts about the machine; the measuring happens in the workers
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            print("--device cuda asked for, but no CUDA device is available", file=sys.stderr)
+            return 2
+        device_name = torch.cuda.get_device_name(torch.device(args.device))
+    else:
+        device_name = cpu_model()
+    libs = [s.strip() for s in args.libs.split(",") if s.strip()]
+    unknown = [lib for lib in libs if lib not in LIBS]
+    if unknown:
+        print(f"unknown --libs {unknown}; known: {list(LIBS)}", file=sys.stderr)
+        return 2
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    out_path = Path(args.out or Path(__file__).parent / f"results-{args.device.split(':')[0]}.json")
+
+    meta = {
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "device": args.device,
+        "device_name": device_name,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "max_other_load": args.max_other_load,
+        "retries": args.retries,
+        "quiet_wait_s": args.quiet_wait,
+        "time_budget_s": args.time_budget,
+        "loadavg_before": os.getloadavg(),
+    }
+    t_start = args.t_start = time.perf_counter()
+    models, results = [], []
+    for lib in libs:
+        print(f"[bench] {lib}: model facts", file=sys.stderr, flush=True)
+        models.append(run_worker(args, lib, "info"))
+        for b in batches:
+            for what in ("train", "sample"):
+                print(f"[bench] {lib}: {what} batch {b}", file=sys.stderr, flush=True)
+                results.append(measure(args, lib, what, b))
+    meta["loadavg_after"] = os.getloadavg()
+    meta["total_wall_s"] = time.perf_counter() - t_start
+    report = {"meta": meta, "models": models, "results": results}
+
+    table = markdown(report)
+    print(table)
+    print(
+        f"\nload average before {meta['loadavg_before']}, after {meta['loadavg_after']}; "
+        f"total {meta['total_wall_s']:.0f} s; results in {out_path}"
+    )
+    for m in models:
+        if m["lib"] in ("ours", "diffusers") and m["params"] != PAPER_PARAMS:
+            print(f"note: {m['lib']} has {m['params']:,} params, paper {PAPER_PARAMS:,}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (cuda if present)")
+    p.add_argument("--batch-sizes", default="8,16", help="comma-separated (default 8,16)")
+    p.add_argument("--repeats", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--libs", default=",".join(LIBS), help=f"comma-separated from {list(LIBS)}")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch intra-op threads (default: the CPUs this process may use)",
+    )
+    p.add_argument(
+        "--max-other-load",
+        type=float,
+        default=0.1,
+        help="CPU only: share of the machine's CPU that other processes may use during a row's "
+        "timed steps before it is measured again (default 0.1)",
+    )
+    p.add_argument("--retries", type=int, default=2, help="CPU only: see --max-other-load")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60,
+        help="CPU only: before each row, wait at most this many seconds for other processes to "
+        "use less than --max-other-load of the CPU (default 60; 0: do not wait)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=900,
+        help="seconds after which rows are no longer waited for nor measured again (default 900)",
+    )
+    p.add_argument("--out", help="JSON results file (default bench/results-<device>.json)")
+    for name in ("--_worker", "--_lib", "--_result"):
+        p.add_argument(name, help=argparse.SUPPRESS)
+    p.add_argument("--_batch", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.repeats < 2 or args.warmup < 0:
+        p.error("--repeats must be >= 2 (median and IQR) and --warmup >= 0")
+
+    if args._worker:
+        args.what, args.lib, args.batch = args._worker, args._lib, args._batch
+        out = worker(args)
+        Path(args._result).write_text(json.dumps(out))
+        return 0
+    return driver(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
