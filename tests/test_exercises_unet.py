@@ -1,0 +1,70 @@
+"""Tests for the chapter 6 checkers (ddpm.exercises.unet)."""
+
+import math
+
+import pytest
+import torch
+
+from ddpm.exercises import unet as ex
+
+
+# The book's solutions (book/06_unet.ipynb), written out again.
+def timestep_embedding(t, dim):
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half) / (half - 1))
+    args = t.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+def resblock_params(in_ch, out_ch, temb_ch):
+    n = 2 * in_ch + 9 * in_ch * out_ch + out_ch  # norm1, conv1
+    n += temb_ch * out_ch + out_ch  # time projection
+    n += 2 * out_ch + 9 * out_ch * out_ch + out_ch  # norm2, conv2
+    if in_ch != out_ch:
+        n += in_ch * out_ch + out_ch  # 1x1 shortcut
+    return n
+
+
+def _stub(*args):
+    raise NotImplementedError("Exercise 6.x: write your code here")
+
+
+CHECKERS = [
+    (ex.check_timestep_embedding, timestep_embedding, ex._EMBEDDING_MISTAKES),
+    (ex.check_resblock_params, resblock_params, ex._PARAMS_MISTAKES),
+]
+IDS = ["timestep_embedding", "resblock_params"]
+
+
+@pytest.mark.parametrize(("check", "solution", "mistakes"), CHECKERS, ids=IDS)
+def test_book_solution_passes(check, solution, mistakes):
+    assert check(solution, verbose=False)
+
+
+@pytest.mark.parametrize(("check", "solution", "mistakes"), CHECKERS, ids=IDS)
+def test_each_mistake_is_named(check, solution, mistakes):
+    assert len(mistakes) >= 2
+    for mistake in mistakes:
+        result = check(mistake.fn, verbose=False)
+        assert not result
+        assert mistake.hint in result.message
+
+
+@pytest.mark.parametrize(("check", "solution", "mistakes"), CHECKERS, ids=IDS)
+def test_stub_is_not_solved_yet(check, solution, mistakes):
+    result = check(_stub, verbose=False)
+    assert not result
+    assert "not solved yet" in result.message
+
+
+def test_garbage_is_rejected():
+    assert not ex.check_timestep_embedding(lambda t, dim: torch.zeros(len(t), dim), verbose=False)
+    assert not ex.check_timestep_embedding(lambda t, dim: "hello", verbose=False)
+    assert not ex.check_resblock_params(lambda i, o, e: 35_746_307, verbose=False)
+    assert not ex.check_resblock_params(lambda i, o, e: 9 * i * o, verbose=False)
+
+
+def test_reference_equals_package():
+    t = torch.tensor([0, 5, 999])
+    assert torch.allclose(ex._embedding_with()(t, 64), ex.timestep_embedding(t, 64), atol=1e-4)
+    assert ex._params_with()(128, 256, 512) == ex._resblock_params_reference(128, 256, 512)
