@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (default: the quick digits preset, on CPU)")
     p.add_argument("--preset", default="digits", help="training preset: digits, mnist, cifar10")
     p.add_argument("--dataset", help="dataset (digits, mnist, fashion-mnist, cifar10, folder:PATH)")
+    p.add_argument("--name", help="run name: the run folder is data/runs/NAME (default: the "
+                   "preset's name, or the dataset's when --dataset is given)")  # fmt: skip
     p.add_argument("--image-size", type=_positive_int, help="resize images to this size")
     p.add_argument("--steps", type=_positive_int, help="total training steps")
     p.add_argument("--batch-size", type=_positive_int, help="global batch size")
@@ -109,11 +111,18 @@ def _checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------- the commands
 def cmd_train(args) -> int:
+    from dataclasses import replace
+
     from .train import preset_config, train
 
+    name = args.name
+    if name is None and args.dataset is not None:  # e.g. --preset mnist --dataset fashion-mnist
+        folder = args.dataset.startswith("folder:")
+        name = f"folder-{Path(args.dataset[7:]).name}" if folder else args.dataset
     overrides = {
         key: value
         for key, value in {
+            "name": name,
             "dataset": args.dataset,
             "image_size": args.image_size,
             "steps": args.steps,
@@ -131,7 +140,8 @@ def cmd_train(args) -> int:
         }.items()
         if value is not None
     }
-    result = train(preset_config(args.preset, **overrides), resume=args.resume)
+    preset = preset_config(args.preset)  # checked first: a clear error for an unknown preset
+    result = train(replace(preset, **overrides), resume=args.resume)
     state = "interrupted at" if result.interrupted else "finished at"
     print(f"{state} step {result.step}, loss {result.loss:.4f}")
     print(f"run folder: {result.run_dir}")

@@ -161,13 +161,15 @@ def bits_per_dim(
 def rate_distortion(result: dict) -> dict[str, torch.Tensor]:
     """The rate/distortion curves of the paper's Fig. 5 from a ``bits_per_dim`` result.
 
-    Running the reverse chain from T down to code step t has sent the "rate" L_T + sum_{s >= t}
-    L_s bits/dim; the "distortion" is the RMSE of the predicted x0 at step t on the [0, 255]
-    scale. Both are indexed by code step t (t = 0 is the paper's t = 1): the rate falls as t
-    grows, the distortion rises.
+    Both are indexed by code step t (the paper's t + 1). The receiver holds x_t after the sender
+    has coded x_T, ..., x_t: the "rate" is those bits, L_T + sum_{s > t} terms_bpd[s] (code
+    indices; ``terms_bpd[s]`` codes x_{s-1} given x_s, and ``terms_bpd[0]`` is L_0). The
+    "distortion" is the RMSE, on the [0, 255] scale, of the x0 predicted from that x_t. So
+    rate_bpd[T-1] = L_T, rate_bpd[0] = bound - L_0; the rate falls as t grows, the distortion rises.
     """
     terms = result["terms_bpd"].double()
-    rate = result["prior_bpd"] + terms.flip(0).cumsum(0).flip(0)
+    after = terms.flip(0).cumsum(0).flip(0) - terms  # sum over s > t
+    rate = result["prior_bpd"] + after
     distortion = result["x0_mse"].double().clamp(min=0).sqrt() * 127.5
     return {"rate_bpd": rate.float(), "distortion_rmse": distortion.float()}
 

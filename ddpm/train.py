@@ -1,6 +1,7 @@
 """Training a DDPM: Algorithm 1 of Ho, Jain & Abbeel (2020), with the paper's recipe (section 4,
 Appendix B): Adam, linear LR warmup, gradient clipping, an EMA of the weights for sampling, and
 random flips. Read it top to bottom: config and presets, model building, checkpoints, the loop.
+In short::
 
     from ddpm.train import preset_config, train, load_model
     result = train(preset_config("digits", steps=2000))
@@ -158,6 +159,10 @@ def preset_config(name: str, **overrides) -> TrainConfig:
 
 @dataclass
 class TrainResult:
+    """What ``train`` returns: the run folder, the step reached, the mean loss of the last
+    logging window, the last checkpoint written, the metrics CSV, the sample grids written, and
+    whether SIGINT / SIGTERM stopped the run early."""
+
     run_dir: Path
     step: int
     loss: float  # mean L_simple over the last logging window
@@ -370,6 +375,11 @@ def train(
 
     # --- data, model, diffusion, optimizer
     ds = load_dataset(config.dataset, image_size=config.image_size, flip=config.flip)
+    if config.batch_size > len(ds):
+        raise ValueError(
+            f"batch_size {config.batch_size} is larger than the {config.dataset} training set "
+            f"({len(ds)} images); use a batch of at most {len(ds)}"
+        )
     torch.manual_seed(config.seed)  # model init: identical on every rank
     model = build_model(config).to(device)
     ema = build_model(config).to(device).eval().requires_grad_(False)

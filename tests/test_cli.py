@@ -63,6 +63,7 @@ def test_bad_arguments_are_rejected_by_the_parser(argv, message, capsys):
         (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
         (["train", "--image-size", "9", "--steps", "1"], "image_size=9 must be divisible"),
         (["train", "--timesteps", "10"], "use a larger T or rescale=False"),
+        (["train", "--batch-size", "5000"], "training set (1500 images)"),
         (["sample", "missing.pt"], "no checkpoint or run folder at missing.pt"),
     ],
 )
@@ -71,6 +72,28 @@ def test_bad_values_give_one_line_and_exit_2(argv, message, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert err.startswith(f"ddpm {argv[0]}: error: ") and message in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "folder"),
+    [
+        (["--name", "my-run"], "my-run"),  # an explicit name
+        (["--preset", "digits"], "digits"),  # the preset's
+        (["--dataset", "digits"], "digits"),  # the dataset's
+        (["--dataset", "folder:{images}", "--image-size", "8"], "folder-images"),  # its name
+    ],
+)
+def test_train_run_folder_name(argv, folder, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((8, 8, 3), 12 * i, np.uint8)).save(images / f"{i}.png")
+    argv = [a.format(images=images) for a in argv]
+    tiny = ["--steps", "1", "--batch-size", "4", "-T", "25", "--device", "cpu"]
+    assert main(["train", *argv, *tiny]) == 0
+    runs = tmp_path / "cache" / "runs"
+    assert [p.name for p in runs.iterdir()] == [folder]
+    assert (runs / folder / "checkpoints" / "ckpt_0000001.pt").is_file()
 
 
 def test_corrupt_checkpoint(tmp_path, capsys):

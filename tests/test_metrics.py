@@ -194,7 +194,13 @@ def test_bits_per_dim_matches_vlb_terms(small):
     stderr = ref["total_bpd"].double().std().item() / math.sqrt(10)
     assert res["bpd_stderr"] == pytest.approx(stderr, rel=1e-5)
     rd = rate_distortion(res)
-    assert rd["rate_bpd"][0].item() == pytest.approx(res["bpd"], rel=1e-5)
+    # the receiver of x_t has all bits but those coding x_{t-1}, ..., x_0 (Fig. 5's rate)
+    L0 = res["terms_bpd"][0].item()
+    assert rd["rate_bpd"][0].item() == pytest.approx(res["bpd"] - L0, rel=1e-5)
+    assert rd["rate_bpd"][-1].item() == pytest.approx(res["prior_bpd"], rel=1e-5)
+    assert rd["rate_bpd"][5].item() == pytest.approx(
+        res["prior_bpd"] + res["terms_bpd"][6:].sum().item(), rel=1e-5
+    )
     assert (rd["rate_bpd"].diff() <= 1e-6).all()  # every term is >= 0: rate falls with t
     torch.testing.assert_close(rd["distortion_rmse"], res["x0_mse"].sqrt() * 127.5)
 
