@@ -3,8 +3,8 @@ solutions, reject each typical mistake with its hint, an unsolved stub, and garb
 
 import math
 
-import pytest
 import torch
+from exercise_contract import Exercise, ExerciseContract, each_exercise
 
 from ddpm.diffusion import normal_kl
 from ddpm.exercises.bound import (
@@ -14,12 +14,6 @@ from ddpm.exercises.bound import (
     check_bits_per_dim,
     check_normal_kl,
 )
-
-CHECKERS = [
-    (check_normal_kl, normal_kl, KL_MISTAKES),
-    (check_bits_per_dim, bits_per_dim_reference, BPD_MISTAKES),
-]
-IDS = ["normal_kl", "bits_per_dim"]
 
 
 # The solutions written in the notebook (book/03_variational_bound.ipynb), copied here.
@@ -38,60 +32,26 @@ def bits_per_dim(total_nll_nats, shape):
     return total_nll_nats / (num_dims * math.log(2.0))
 
 
-@pytest.mark.parametrize(("check", "reference", "mistakes"), CHECKERS, ids=IDS)
-def test_reference_passes(check, reference, mistakes):
-    result = check(reference, verbose=False)
-    assert result, result.message
-    assert "correct" in result.message
-
-
-@pytest.mark.parametrize(
-    ("check", "solution"),
-    [(check_normal_kl, kl_diag_gaussians), (check_bits_per_dim, bits_per_dim)],
-    ids=IDS,
+EXERCISES = (
+    Exercise(check_normal_kl, kl_diag_gaussians, KL_MISTAKES, reference=normal_kl),
+    Exercise(check_bits_per_dim, bits_per_dim, BPD_MISTAKES, reference=bits_per_dim_reference),
 )
-def test_notebook_solution_passes(check, solution):
-    assert check(solution, verbose=False)
 
 
-@pytest.mark.parametrize(("check", "reference", "mistakes"), CHECKERS, ids=IDS)
-def test_each_mistake_rejected_with_its_hint(check, reference, mistakes):
-    assert len(mistakes) >= 2
-    for mistake in mistakes:
-        result = check(mistake.fn, verbose=False)
-        assert not result
-        assert mistake.hint in result.message, (mistake.hint, result.message)
+class TestContract(ExerciseContract):
+    exercises = EXERCISES
 
 
-@pytest.mark.parametrize(("check", "reference", "mistakes"), CHECKERS, ids=IDS)
-def test_stub_rejected(check, reference, mistakes):
-    def stub(*args):
-        raise NotImplementedError("Exercise 3.x: write your code here")
-
-    result = check(stub, verbose=False)
-    assert not result
-    assert "not solved yet" in result.message
-
-
-@pytest.mark.parametrize(("check", "reference", "mistakes"), CHECKERS, ids=IDS)
-def test_garbage_rejected(check, reference, mistakes):
+@each_exercise(EXERCISES)
+def test_garbage_rejected(exercise):
     for garbage in (
         lambda *args: torch.tensor(0.1234),
         lambda *args: "nats",
         lambda *args: torch.full_like(torch.as_tensor(args[0]), float("nan")),
     ):
-        result = check(garbage, verbose=False)
+        result = exercise.check(garbage, verbose=False)
         assert not result
         assert "Hint" not in result.message  # no mistake claims a random answer
-
-
-def test_crashing_function_reported_not_raised():
-    def crash(*args):
-        raise RuntimeError("shape mismatch")
-
-    result = check_normal_kl(crash, verbose=False)
-    assert not result
-    assert "RuntimeError" in result.message
 
 
 def test_kl_is_zero_for_identical_gaussians_and_asymmetric():

@@ -1,7 +1,8 @@
 """Checkers for chapter 3, the variational bound.
 
 - :func:`check_normal_kl`: Exercise 3.1, the KL divergence between two diagonal Gaussians given
-  their means and log-variances (the reference is :func:`ddpm.normal_kl`).
+  their means and log-variances (the reference is
+  :func:`ddpm.normal_kl <ddpm.diffusion.normal_kl>`).
 - :func:`check_bits_per_dim`: Exercise 3.2, a total negative log-likelihood in nats over a batch
   of images converted to bits per dimension.
 """
