@@ -1,11 +1,14 @@
 # ddpm-book: a fresh clone needs only `make book` or `make test`.
 #
 #   make book    create .venv if missing, install, build the book into _build/html
-#   make test    same install, then lint, unit tests, notebooks (nbval), strict book build
+#   make test    same install, then lint, unit tests, notebooks (nbval), strict book build, browser test
 #   make lint    ruff
 #   make bench   benchmarks (own venv, see bench/README.md)
 #   make chapter NB=book/NN_name.ipynb   build one chapter on its own, strictly
 #   make clean   remove _build
+#   make exercises   learner notebooks (coding solutions replaced by stubs) into exercises/
+#   make learner     run every learner notebook: each checker must say "not solved yet"
+#   make publish build, then push _build/html to the gh-pages branch (see README)
 #
 # Override on the command line, e.g. `make test PYTHON=python3.12 VENV=/tmp/venv`.
 
@@ -31,9 +34,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export JUPYTER_PREFER_ENV_PATH := 1
 
 .PHONY: help install book test lint unit nbval book-strict bench chapter clean distclean
+.PHONY: vendor browser times
+.PHONY: publish
+.PHONY: exercises learner
 
 help:
-	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n 's/^#   make/  make/p' Makefile
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
@@ -51,51 +57,87 @@ install: $(STAMP)
 
 # Incremental: only changed pages are re-read (and their notebooks re-executed).
 # `make clean book` for a build from scratch; `make test` always rebuilds everything.
-book: $(STAMP)
+book: $(STAMP) vendor
 	$(BIN)/jupyter-book build . --path-output . $(BOOKFLAGS)
 	@test -f _build/html/index.html
 	@echo "book: $(CURDIR)/_build/html/index.html"
 
 test: $(STAMP)
 	@total=$$(date +%s); \
-	for phase in lint unit nbval book-strict; do \
+	for phase in lint unit nbval book-strict browser learner; do \
 	  start=$$(date +%s); \
 	  if ! $(MAKE) --no-print-directory $$phase; then \
 	    echo "[time] $$phase: FAILED after $$(( $$(date +%s) - start ))s"; exit 1; \
 	  fi; \
 	  echo "[time] $$phase: $$(( $$(date +%s) - start ))s"; \
 	done; \
-	echo "[time] test total (without install): $$(( $$(date +%s) - total ))s"
+	echo "[time] test total (without install): $$(( $$(date +%s) - total ))s"; \
+	$(MAKE) --no-print-directory times
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 unit: $(STAMP)
-	$(PY) -m pytest -ra tests
+	$(PY) -m pytest -ra tests --ignore=tests/browser
 
 # Notebooks are stored without outputs, so nbval only checks that they run (checks are asserts).
 # pytest exits 5 when it collects nothing: fine while book/ has no notebooks.
 nbval: $(STAMP)
-	@rc=0; $(PY) -m pytest -ra --nbval-lax book/ || rc=$$?; \
+	@rc=0; $(PY) -m pytest -ra --nbval-lax book/ --junitxml=_build/nbval-junit.xml || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "nbval: no notebooks under book/ yet"; rc=0; fi; \
 	exit $$rc
 
-book-strict: $(STAMP)
+book-strict: $(STAMP) vendor
 	$(BIN)/jupyter-book build . --path-output . --all $(BOOKFLAGS)
 	@test -f _build/html/index.html
+
+# MathJax, require.js and the ipywidgets embed manager, pinned, from the npm registry into
+# _vendor/npm/ (served as _static/npm/: the site needs no CDN). Skips what is already there.
+vendor: | $(PY)
+	@$(PY) tools/vendor_assets.py
+
+# Every page of _build/html in headless Chromium (Debian: chromium + chromium-driver); skipped,
+# with the command to install them, where they are missing (.ci/run installs them).
+# Screenshots: _build/screenshots/.
+browser: $(STAMP)
+	$(PY) -m pytest -ra tests/browser
+
+# Seconds per notebook in the nbval pass and in the strict build (also _build/notebook-times.txt).
+times: | $(PY)
+	@$(PY) tools/notebook_times.py
 
 bench:
 	bash bench/run.sh
 
 # Build one chapter on its own, strictly: make chapter NB=book/01_forward_process.ipynb
 CHAPTER_DIR ?= /tmp/ddpm-chapter
-chapter: $(STAMP)
+chapter: $(STAMP) vendor
 	@test -n "$(NB)" || { echo "usage: make chapter NB=book/NN_name.ipynb"; exit 2; }
 	rm -rf $(CHAPTER_DIR) && mkdir -p $(CHAPTER_DIR)
-	cp -r _config.yml book $(CHAPTER_DIR)/
+	cp -r _config.yml book _vendor tools $(CHAPTER_DIR)/
 	printf 'format: jb-book\nroot: book/intro\nchapters:\n  - file: %s\n  - file: book/references\n' \
 	  "$(basename $(NB))" > $(CHAPTER_DIR)/_toc.yml
 	$(BIN)/jupyter-book build $(CHAPTER_DIR) --path-output $(CHAPTER_DIR) --all $(BOOKFLAGS)
+
+# Publish by hand (the workflow .github/workflows/book.yml does it on every push to main):
+# ghp-import (dev extra) commits _build/html to the gh-pages branch and pushes it to origin.
+# -n writes .nojekyll (else GitHub's Jekyll hides _static/ and every folder starting with _),
+# -p pushes, -f replaces the branch with this build.
+publish: book
+	$(BIN)/ghp-import -n -p -f _build/html
+
+# Learner notebooks (tools/make_exercises.py): every chapter with each coding solution replaced
+# by `raise NotImplementedError("Exercise N.M: ...")`, into exercises/ (git-ignored). A notebook
+# the learner has edited is kept; `make exercises FORCE=1` rewrites it.
+exercises: $(STAMP)
+	$(PY) tools/make_exercises.py --out exercises $(if $(FORCE),--force)
+
+# Execute every learner notebook in a kernel (one more pass over the book): every checker must
+# print "not solved yet", and only the stubs may raise. The tests' fast parts run in `unit`;
+# the launch-button check needs the built book (book-strict runs before this phase).
+learner: $(STAMP)
+	DDPM_LEARNER_TESTS=1 $(PY) -m pytest -ra tests/test_learner_notebooks.py \
+	  tests/test_repository_url.py
 
 clean:
 	rm -rf _build
