@@ -9,8 +9,6 @@ import dataclasses
 import io
 import pickle
 import struct
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +24,6 @@ def on_grid(x: torch.Tensor) -> bool:
     """True when every value is one of the 256 levels v / 127.5 - 1."""
     v = (x.double() + 1) * 127.5
     return bool(((v - v.round()).abs() < 1e-4).all() and v.min() >= 0 and v.max() <= 255)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Make every urllib request fail (as offline); the list records the URLs tried."""
-    tried = []
-
-    def offline(request, *args, **kwargs):
-        tried.append(getattr(request, "full_url", request))
-        raise urllib.error.URLError("network disabled in tests")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    return tried
 
 
 # ---------------------------------------------------------------------- digits

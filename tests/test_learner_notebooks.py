@@ -15,15 +15,10 @@ import io
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-
-from make_exercises import (  # noqa: E402
+from make_exercises import (
     BEGIN,
     END,
     LEARNER_KEY,
@@ -35,6 +30,7 @@ from make_exercises import (  # noqa: E402
     write_learner_notebooks,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = chapter_notebooks(ROOT)
 RUN_LEARNER = os.environ.get("DDPM_LEARNER_TESTS") == "1"
 

@@ -7,8 +7,6 @@ network blocked: the code a GPU runs for hours, so that it cannot rot where no G
 
 import os
 import signal
-import urllib.error
-import urllib.request
 from dataclasses import replace
 
 import pytest
@@ -142,16 +140,6 @@ def test_train_config_is_the_preset_with_overrides():
 
 
 # ---------------------------------------------------------------------- trained_model
-@pytest.fixture
-def no_network(monkeypatch):
-    tried = []
-
-    def offline(request, *args, **kwargs):
-        tried.append(getattr(request, "full_url", request))
-        raise urllib.error.URLError("network disabled in tests")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    return tried
 
 
 def test_full_mode_path_on_cpu(tmp_path, monkeypatch, no_network, train_calls):

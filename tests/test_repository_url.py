@@ -14,12 +14,8 @@ import tokenize
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-
-from make_exercises import chapter_notebooks  # noqa: E402
-from set_repository import (  # noqa: E402
+from make_exercises import chapter_notebooks
+from set_repository import (
     colab_cell_source,
     main,
     parse_url,
@@ -27,6 +23,7 @@ from set_repository import (  # noqa: E402
     set_repository,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = chapter_notebooks(ROOT)
 
 

@@ -22,13 +22,7 @@ TINY = dict(model_overrides={"ch": 16}, timesteps=50, batch_size=16, lr=1e-3, wa
             ema_decay=0.9, log_every=2, sample_every=0, ckpt_every=1000)  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """2 shared cores: one intra-op thread is several times faster than two fighting ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(run_dir, **overrides) -> T.TrainConfig:
