@@ -111,14 +111,12 @@ def _checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------- the commands
 def cmd_train(args) -> int:
-    from dataclasses import replace
-
     from .train import preset_config, train
 
     name = args.name
     if name is None and args.dataset is not None:  # e.g. --preset mnist --dataset fashion-mnist
-        folder = args.dataset.startswith("folder:")
-        name = f"folder-{Path(args.dataset[7:]).name}" if folder else args.dataset
+        folder = args.dataset.removeprefix("folder:")
+        name = args.dataset if folder == args.dataset else f"folder-{Path(folder).name}"
     overrides = {
         key: value
         for key, value in {
@@ -140,8 +138,7 @@ def cmd_train(args) -> int:
         }.items()
         if value is not None
     }
-    preset = preset_config(args.preset)  # checked first: a clear error for an unknown preset
-    result = train(replace(preset, **overrides), resume=args.resume)
+    result = train(preset_config(args.preset, **overrides), resume=args.resume)
     state = "interrupted at" if result.interrupted else "finished at"
     print(f"{state} step {result.step}, loss {result.loss:.4f}")
     print(f"run folder: {result.run_dir}")

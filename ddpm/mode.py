@@ -21,7 +21,7 @@ Both modes run the same code; only the numbers differ. A chapter that needs a tr
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -30,6 +30,7 @@ from .train import (
     ARCH_FIELDS,
     CheckpointError,
     TrainConfig,
+    checkpoint_step,
     latest_checkpoint,
     load_model,
     preset_config,
@@ -67,10 +68,7 @@ class Mode:
 
     def train_config(self, **overrides) -> TrainConfig:
         """The training configuration of this mode (the preset), with fields overridden."""
-        unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; see ddpm.train.TrainConfig")
-        return replace(preset_config(self.preset), **{**dict(self.overrides), **overrides})
+        return preset_config(self.preset, **{**dict(self.overrides), **overrides})
 
     def __str__(self) -> str:
         return f"{self.name} mode: dataset {self.dataset}, preset {self.preset}, on {self.device}"
@@ -106,10 +104,7 @@ def current_mode(name: str | None = None, dataset: str | None = None) -> Mode:
 def _finished_run(config: TrainConfig):
     """The latest checkpoint of ``config``'s run folder when it has reached ``config.steps``."""
     last = latest_checkpoint(config.run_dir or data_dir("runs", config.name))
-    if last is None:
-        return None
-    step = int(last.stem.split("_")[-1])
-    return last if step >= config.steps else None
+    return last if last is not None and checkpoint_step(last) >= config.steps else None
 
 
 def trained_model(mode: Mode | None = None, *, config: TrainConfig | None = None,

@@ -66,6 +66,7 @@ __all__ = [
     "train",
     "load_model",
     "latest_checkpoint",
+    "checkpoint_step",
     "lr_at",
     "ema_update",
 ]
@@ -115,7 +116,7 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}")
+            raise ValueError(f"unknown TrainConfig fields {unknown}; see ddpm.train.TrainConfig")
         return cls(**d)
 
 
@@ -150,11 +151,12 @@ def _every(step: int, period: int) -> bool:
     return period > 0 and step % period == 0
 
 
-def preset_config(name: str, **overrides) -> TrainConfig:
-    """A TrainConfig from ``PRESETS`` ("digits", "mnist", "cifar10"), with fields overridden."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown training preset {name!r}; known presets: {sorted(PRESETS)}")
-    return TrainConfig(**{**PRESETS[name], **overrides})
+def preset_config(preset: str, /, **overrides) -> TrainConfig:
+    """A TrainConfig from ``PRESETS`` ("digits", "mnist", "cifar10"), with fields overridden
+    (any field, the run ``name`` included; an unknown field is a one-line ValueError)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown training preset {preset!r}; known presets: {sorted(PRESETS)}")
+    return TrainConfig.from_dict({**PRESETS[preset], **overrides})
 
 
 @dataclass
@@ -227,15 +229,16 @@ def _resolve_amp(amp: str, device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------------- checkpoints
-def _ckpt_step(path: Path) -> int:
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's file name (``ckpt_0001400.pt`` -> 1400); -1 for other names."""
     m = re.fullmatch(r"ckpt_(\d+)\.pt", path.name)
     return int(m.group(1)) if m else -1
 
 
 def latest_checkpoint(run_dir) -> Path | None:
     """The checkpoint with the highest step in ``run_dir/checkpoints``, or None."""
-    paths = [p for p in Path(run_dir, "checkpoints").glob("ckpt_*.pt") if _ckpt_step(p) >= 0]
-    return max(paths, key=_ckpt_step, default=None)
+    paths = [p for p in Path(run_dir, "checkpoints").glob("ckpt_*.pt") if checkpoint_step(p) >= 0]
+    return max(paths, key=checkpoint_step, default=None)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -440,7 +443,7 @@ def train(
             state["scaler"] = scaler.state_dict()
         path = ckpt_dir / f"ckpt_{step:07d}.pt"
         _atomic_save(state, path)
-        old = sorted(ckpt_dir.glob("ckpt_*.pt"), key=_ckpt_step)
+        old = sorted(ckpt_dir.glob("ckpt_*.pt"), key=checkpoint_step)
         for p in old[: max(0, len(old) - config.keep_last)]:
             p.unlink()
         return path
