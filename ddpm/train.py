@@ -50,11 +50,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from .data import dataset_info, load_dataset, random_flip
 from .diffusion import GaussianDiffusion
 from .paths import data_dir
+from .progress import progress_bar
 from .schedules import get_beta_schedule, linear_beta_schedule
 from .unet import UNet
 
@@ -463,7 +463,9 @@ def train(
     result = TrainResult(run_dir, step, math.nan, last, metrics, [])
     loss_sum, n_sum, loss_value, grad_norm = 0.0, 0, math.nan, math.nan
     start, start_step, wall = time.perf_counter(), step, wall0
-    bar = tqdm(total=config.steps, initial=step, desc="train", disable=not (progress and main))
+    bar = progress_bar(
+        total=config.steps, initial=step, desc="train", disable=not (progress and main)
+    )
     model.train()
     with _StopFlag() as flag:
         while step < config.steps:

@@ -1,5 +1,6 @@
 """Fixtures and set-up shared by several test files."""
 
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -11,6 +12,27 @@ import torch
 # tools/ (make_exercises.py, set_repository.py, ...) are scripts, not a package: make them
 # importable by the tests that exercise them.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+
+def pytest_configure(config):
+    """``make portability``: the second numerical pass must really run on another of PyTorch's
+    CPU kernel sets than the first pass (and on one thread); stop at once if it does not."""
+    first = os.environ.get("DDPM_FIRST_PASS_CPU_CAPABILITY")
+    if not first:
+        return
+    wanted = os.environ.get("ATEN_CPU_CAPABILITY", "")
+    now = torch.backends.cpu.get_cpu_capability()
+    if now.lower() != wanted.lower() or now.lower() == first.lower():
+        raise pytest.UsageError(
+            f"the second numerical pass runs on PyTorch's {now} kernels, the first ran on "
+            f"{first}: set ATEN_CPU_CAPABILITY to a kernel set other than {first} this CPU has "
+            f"(it is {wanted!r}); `make portability` does this itself"
+        )
+    if torch.get_num_threads() != 1:
+        raise pytest.UsageError(
+            f"the second numerical pass runs on {torch.get_num_threads()} threads, not 1: "
+            f"set OMP_NUM_THREADS=1 (`make portability` does)"
+        )
 
 
 @pytest.fixture

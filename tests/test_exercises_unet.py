@@ -41,5 +41,6 @@ def test_garbage_is_rejected():
 
 def test_reference_equals_package():
     t = torch.tensor([0, 5, 999])
-    assert torch.allclose(ex._embedding_with()(t, 64), ex.timestep_embedding(t, 64), atol=1e-4)
+    # float32 arguments t f_i up to 999 rad: a few 2^-24 x 999 apart (see the checker)
+    assert torch.allclose(ex._embedding_with()(t, 64), ex.timestep_embedding(t, 64), atol=1e-3)
     assert ex._params_with()(128, 256, 512) == ex._resblock_params_reference(128, 256, 512)

@@ -33,10 +33,10 @@ def state(path, key="model") -> dict:
     return torch.load(path, weights_only=True)[key]
 
 
-def assert_same_state(a: dict, b: dict, atol=0.0) -> None:
+def assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
 @pytest.fixture(scope="module")
@@ -225,4 +225,13 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
         assert len(r0) == len(r1) == 4 and not set(r0) & set(r1)  # disjoint halves
         assert r0 + r1 == used[step]  # together: the one-process global batch
     ddp = state(tmp_path / "ddp" / "checkpoints" / "ckpt_0000003.pt")
-    assert_same_state(ddp, state(single.checkpoint), atol=1e-6)
+    one = state(single.checkpoint)
+    assert ddp.keys() == one.keys()
+    # The two ranks' gradients are summed in another order than one process's: equal up to
+    # float32 rounding. Adam divides each gradient by its own size, so a weight whose gradient is
+    # about 0 (all rounding) can move differently by up to 2 lr a step; the other weights agree
+    # to a small fraction of one step (lr / warmup_steps at step 1). Wrong data on a rank, or a
+    # 1% different lr, moves most weights apart by more than 1% of that step.
+    diff = torch.cat([(ddp[k].double() - one[k].double()).abs().flatten() for k in ddp])
+    apart = (diff > 0.01 * config.lr / config.warmup_steps).double().mean().item()
+    assert apart < 1e-3, f"{apart:.1%} of the weights differ by more than 1% of a step"

@@ -59,8 +59,10 @@ def _embedding_cases() -> list[tuple]:
 
 def check_timestep_embedding(fn, verbose: bool = True) -> CheckResult:
     """Grade ``fn(t, dim)`` (t: long [B], dim: even int) against ``ddpm.timestep_embedding``."""
+    # float32: an argument t f_i of up to 999 radians is rounded (with f_i, an exp) to within a
+    # few 2^-24 x 999, a few 1e-4 apart between two correct formulas; every mistake is >= 1e-2
     return grade("6.1", fn, timestep_embedding, _embedding_cases(), _EMBEDDING_MISTAKES,
-                 atol=1e-4, rtol=1e-4, verbose=verbose)  # fmt: skip
+                 atol=1e-3, rtol=1e-4, verbose=verbose)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- Exercise 6.2
