@@ -49,12 +49,20 @@ pytestmark = pytest.mark.skipif(not RUN_WHEEL, reason="slow: `make wheel` (DDPM_
 
 def checkout_files(root: Path) -> list[str]:
     """The files a clone of the repository holds (with the new files not yet committed, but
-    not the git-ignored ones: caches, .venv, data/), relative to ``root``."""
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=root, capture_output=True, check=True,
-    ).stdout  # fmt: skip
-    return [p for p in out.decode().split("\0") if p and (root / p).is_file()]
+    not the git-ignored ones: caches, .venv, data/), relative to ``root``. Outside a git
+    checkout (an unpacked archive): what the wheel is built from, pyproject.toml, README.md,
+    LICENSE and ddpm/ without byte-code."""
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root, capture_output=True, check=True,
+        ).stdout  # fmt: skip
+        files = out.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        files = ["pyproject.toml", "README.md", "LICENSE"]
+        files += [p.relative_to(root).as_posix() for p in (root / "ddpm").rglob("*")
+                  if "__pycache__" not in p.parts]  # fmt: skip
+    return [p for p in files if p and (root / p).is_file()]
 
 
 def applies(req: Requirement, extra: str) -> bool:
