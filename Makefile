@@ -1,14 +1,16 @@
 # ddpm-book: a fresh clone needs only `make book` or `make test`.
 #
 #   make book    create .venv if missing, install, build the book into _build/html
-#   make test    same install, then lint, unit, portability, nbval, book-strict, browser, learner
+#   make test    same install, then lint, unit, portability, wheel, nbval, book-strict, browser, learner
 #   make portability   numerical tests + theory notebooks again, other CPU kernels, one thread
+#   make wheel   the Colab route: build the wheel, install it into a fresh venv, run two chapters
 #   make lint    ruff
 #   make bench   benchmarks (own venv, see bench/README.md)
 #   make chapter NB=book/NN_name.ipynb   build one chapter on its own, strictly
 #   make clean   remove _build
 #   make exercises   learner notebooks (coding solutions replaced by stubs) into exercises/
 #   make learner     run every learner notebook: each checker must say "not solved yet"
+#   make wheel       the Colab route: the wheel, installed (not editable) in fresh venvs, trains, samples, runs 2 chapters
 #   make publish build, then push _build/html to the gh-pages branch (see README)
 #
 # Override on the command line, e.g. `make test PYTHON=python3.12 VENV=/tmp/venv`.
@@ -39,6 +41,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 .PHONY: vendor browser times
 .PHONY: publish
 .PHONY: exercises learner
+.PHONY: wheel
 
 help:
 	@sed -n 's/^#   make/  make/p' Makefile
@@ -66,7 +69,7 @@ book: $(STAMP) vendor
 
 test: $(STAMP)
 	@total=$$(date +%s); \
-	for phase in lint unit portability nbval book-strict browser learner; do \
+	for phase in lint unit portability wheel nbval book-strict browser learner; do \
 	  start=$$(date +%s); \
 	  if ! $(MAKE) --no-print-directory $$phase; then \
 	    echo "[time] $$phase: FAILED after $$(( $$(date +%s) - start ))s"; exit 1; \
@@ -166,6 +169,13 @@ exercises: $(STAMP)
 learner: $(STAMP)
 	DDPM_LEARNER_TESTS=1 $(PY) -m pytest -ra tests/test_learner_notebooks.py \
 	  tests/test_repository_url.py
+
+# The Colab route (tests/test_wheel.py): build the wheel, install it (not editable) into fresh
+# virtual environments, run `ddpm train` (a few steps) and `ddpm sample` with the base
+# dependencies only, and a theory and a practice chapter from a folder outside the checkout.
+# Offline: the dependencies are this venv's, linked in. About two minutes on a quiet machine.
+wheel: $(STAMP)
+	DDPM_WHEEL_TESTS=1 $(PY) -m pytest -ra tests/test_wheel.py
 
 clean:
 	rm -rf _build

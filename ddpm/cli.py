@@ -232,7 +232,7 @@ def cmd_interpolate(args) -> int:
     x1, x2 = (data.data[i : i + 1].to(device) for i in args.pair)
     lambdas = torch.linspace(0, 1, args.lambdas)
     rows = []
-    for t in steps:  # the paper's step t is code index t - 1 (pitfall 12)
+    for t in steps:  # the paper's step t is code index t - 1 (zero-based)
         rows.append(
             diffusion.interpolate(
                 model, x1, x2, lambdas.to(device), t - 1, generator=generator

@@ -1,7 +1,9 @@
-"""Datasets scaled to [-1, 1] (pitfall 1), behind one entry point: ``load_dataset(name, split)``.
+"""Datasets scaled to [-1, 1], behind one entry point: ``load_dataset(name, split)``.
 
 Every dataset yields ``(x, y)``: ``x`` a float32 tensor [C, H, W] on the 8-bit grid
-``v / 127.5 - 1`` (v = 0..255), ``y`` an int label (-1 where there is none). Names:
+``v / 127.5 - 1`` (v = 0..255), ``y`` an int label (-1 where there is none). [-1, 1] is the
+scale the N(0, I) prior and the sampler's clipping of x0 assume ([0, 1] data would not match
+them). Names:
 
 - ``"digits"``: scikit-learn's bundled 8x8 handwritten digits (1797 images, grey levels 0..16),
   offline. Quantized to 8 bits, ``v = round(level * 255 / 16)``, so bits/dim means what it

@@ -117,7 +117,7 @@ class GaussianDiffusion:
         self.model_mean_type = model_mean_type
         self.model_var_type = model_var_type
         tables = schedule_quantities(betas).as_dict()
-        if model_var_type == "fixed_large":  # pitfall 11: not beta_1 at t = 0
+        if model_var_type == "fixed_large":  # t = 0: beta-tilde_2, not beta_1, as the original code
             var = torch.cat([tables["posterior_variance"][1:2], tables["betas"][1:]])
             if len(var) < len(tables["betas"]):  # T = 1: no next step to borrow from
                 var = tables["betas"].clone()
@@ -207,7 +207,7 @@ class GaussianDiffusion:
     def q_posterior_mean_variance(self, x0: torch.Tensor, xt: torch.Tensor, t):
         """Mean mu-tilde, variance beta-tilde and clipped log-variance of q(x_{t-1} | x_t, x_0).
 
-        Eqs. 6-7; the variance is 0 at t = 0, its log is clipped to the next step's (pitfall 4).
+        Eqs. 6-7; the variance is 0 at t = 0, its log is clipped to the next step's (not -inf).
         """
         if x0.shape != xt.shape:
             raise ValueError(f"x0 shape {tuple(x0.shape)} must equal xt shape {tuple(xt.shape)}")
@@ -253,7 +253,7 @@ class GaussianDiffusion:
         return out
 
     def _predict_x0(self, out, xt, t, clip_denoised: bool) -> torch.Tensor:
-        """The model's estimate of x0 from its output, optionally clipped to [-1, 1] (pitfall 6)."""
+        """The model's estimate of x0 from its output, optionally clipped to the data's [-1, 1]."""
         if self.model_mean_type == "eps":
             x0 = self.predict_x0_from_eps(xt, t, out)
         elif self.model_mean_type == "x0":
@@ -394,7 +394,7 @@ class GaussianDiffusion:
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         out = self._model_output(model, x, t)
         pred_x0 = self._predict_x0(out, x, t, clip_denoised)
-        eps = self.predict_eps_from_x0(x, t, pred_x0)  # re-derived after clipping (pitfall 6)
+        eps = self.predict_eps_from_x0(x, t, pred_x0)  # re-derived: consistent with the clipped x0
         a, a_prev = self._alpha_bar(i), self._alpha_bar(i_prev)
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
         dir_coef = (1 - a_prev - sigma**2).clamp(min=0).sqrt()
@@ -615,7 +615,7 @@ class GaussianDiffusion:
         """Interpolate in latent space (section 4.4): encode both to step t, mix, decode from t.
 
         x_t = (1 - lam) q_sample(x1, t) + lam q_sample(x2, t), then the reverse chain starting *at*
-        t (pitfall 2; the paper's "500 steps" is t = 499). ``x1`` and ``x2`` are [B, ...] (B may be
+        t, not t - 1 (the paper's "500 steps" is t = 499). ``x1`` and ``x2`` are [B, ...] (B may be
         1 and broadcast against a [L] ``lam``, so one pair spans a row of lambdas). ``noise=None``
         draws two independent encoding noises shaped like x1 (fixed across lam, as in the paper);
         a tensor is used for both images; a pair gives each image its own. ``t`` is an int or a [B]

@@ -3,7 +3,7 @@
 Code index ``t`` in ``{0, ..., T-1}`` is the paper's step ``t + 1``: ``betas[0]`` is the paper's
 beta_1 and ``alphas_cumprod[t]`` is alpha-bar_{t+1}. Everything here is float64 on the CPU;
 :class:`ddpm.diffusion.GaussianDiffusion` casts to the data's dtype and device only at the end
-(pitfall 9: in float32, 1 - alpha-bar_t near t = 0 keeps only ~4 significant digits).
+(in float32, 1 - alpha-bar_t near t = 0 keeps only ~4 significant digits).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class ScheduleQuantities:
 
 
 def schedule_quantities(betas) -> ScheduleQuantities:
-    """Derive every schedule table from ``betas`` in float64 (pitfall 9: never in float32)."""
+    """Derive every schedule table from ``betas`` in float64 (float32 loses digits near t = 0)."""
     betas = check_betas(betas)
     alphas = 1.0 - betas
     alphas_cumprod = torch.cumprod(alphas, dim=0)
@@ -137,7 +137,7 @@ def schedule_quantities(betas) -> ScheduleQuantities:
     one_minus = 1.0 - alphas_cumprod
     posterior_variance = betas * (1.0 - alphas_cumprod_prev) / one_minus
     # beta-tilde is exactly 0 at the first step: log(0) = -inf would break L_0, so (like the
-    # original code) the log is clipped to the next step's value (pitfall 4).
+    # original code) the log is clipped to the next step's value.
     clip_value = posterior_variance[1] if len(betas) > 1 else betas[0]
     posterior_log_variance_clipped = torch.log(
         torch.cat([clip_value.reshape(1), posterior_variance[1:]])

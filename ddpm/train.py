@@ -126,7 +126,7 @@ ARCH_FIELDS = ("dataset", "image_size", "model", "model_overrides", "timesteps",
 
 PRESETS = {
     # Quick mode (CPU: 7-10 steps/s on 2 cores, so about 3 min). EMA 0.995 (a ~200-step
-    # horizon) and 200 warmup steps: with the paper's 0.9999 (a ~10k-step horizon, pitfall 8)
+    # horizon) and 200 warmup steps: with the paper's 0.9999 (a ~10k-step horizon)
     # the EMA of a 1400-step run would still be mostly the random initialisation. A small model
     # on 8x8 images takes a larger LR than the paper's 2e-4.
     "digits": dict(name="digits", dataset="digits", model="digits", batch_size=128, lr=1e-3,

@@ -187,7 +187,7 @@ def test_reverse_variances(diffusion):
         linear_beta_schedule(1000), model_var_type="fixed_small"
     ).p_mean_variance(lambda x, t: x * 0, torch.zeros(3, 1), torch.tensor([0, 1, 999]))
     pv, b = diffusion.posterior_variance, diffusion.betas
-    # fixed_large: beta_t, but at t = 0 beta-tilde of the next step, not beta_1 (pitfall 11)
+    # fixed_large: beta_t, but at t = 0 beta-tilde of the next step, not beta_1 (original code)
     assert torch.allclose(large["variance"][:, 0].double(), torch.stack([pv[1], b[1], b[999]]))
     assert not math.isclose(large["variance"][0, 0].item(), b[0].item(), rel_tol=0.1)
     assert torch.allclose(small["variance"][:, 0].double(), torch.stack([pv[1], pv[1], pv[999]]))
@@ -410,7 +410,7 @@ def test_sample_starts_at_t_start():
     x_start = torch.randn(2, 3)
     d.sample(model, (2, 3), x_start=x_start, t_start=29, progress=False)
     assert len(model.calls) == 30 and model.calls[0][1].tolist() == [29, 29]
-    assert torch.equal(model.calls[0][0], x_start)  # denoising starts *at* t (pitfall 2)
+    assert torch.equal(model.calls[0][0], x_start)  # denoising starts *at* t, not t - 1
     # per-example starts: an example starting at 0 only takes the last step
     model.calls.clear()
     out = d.sample(

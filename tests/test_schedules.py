@@ -87,7 +87,7 @@ def test_quantities_are_float64_and_exact():
     betas = linear_beta_schedule(1000).tolist()
     assert q.alphas_cumprod[-1].item() == pytest.approx(math.prod(1 - b for b in betas), rel=1e-12)
     assert q.alphas_cumprod[-1].item() == pytest.approx(4.0358e-5, rel=1e-4)
-    # in float32, 1 - alpha-bar near t = 0 loses ~4 digits: why the tables are float64 (pitfall 9)
+    # in float32, 1 - alpha-bar near t = 0 loses ~4 digits: why the tables are float64
     one_minus_f32 = 1 - torch.cumprod(1 - linear_beta_schedule(1000).float(), 0)[0].double()
     assert abs(one_minus_f32 / (1 - q.alphas_cumprod[0]) - 1).item() > 1e-5
     assert (1 - q.alphas_cumprod[0]).item() == pytest.approx(1e-4, rel=1e-12)
@@ -105,7 +105,7 @@ def test_posterior_tables():
     assert q.posterior_variance[0].item() == 0.0  # x_0 is known exactly given x_1 and x_0
     assert q.posterior_log_variance_clipped[0].item() == pytest.approx(
         math.log(q.posterior_variance[1].item())
-    )  # pitfall 4: no -inf
+    )  # clipped: no -inf, which would break L_0
     # beta-tilde lies between 0 and beta, and the mean coefficients reproduce x when x0 = x_t = x
     # is a fixed point of the noiseless chain only at t = 0: coef1 = 1, coef2 = 0 there.
     assert (q.posterior_variance[1:] < q.betas[1:]).all()

@@ -197,7 +197,7 @@ def _ddim_with(*, clip=True, rederive=True, prev="right"):
 _DDIM_MISTAKES = [
     Mistake("after clipping x0-hat, re-derive the noise from it, eps = (x_t - sqrt(alpha-bar_t) "
             "x0-hat) / sqrt(1 - alpha-bar_t); with the model's raw eps the step points to an x0 "
-            "that is not the clipped one (pitfall 6).", _ddim_with(rederive=False)),
+            "that is not the clipped one.", _ddim_with(rederive=False)),
     Mistake("the predicted x0 must be clipped to [-1, 1] before it is used (clip_denoised=True).",
             _ddim_with(clip=False, rederive=False)),
     Mistake("the step goes to t_prev, not to t - 1: use alpha-bar at t_prev "
