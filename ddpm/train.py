@@ -39,13 +39,12 @@ import io
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -109,8 +108,10 @@ _BETA = (lambda v: 0.0 < v < 1.0, "betas must lie in (0, 1)")
 _DECAY = (lambda v: 0.0 <= v < 1.0, "expected a decay in [0, 1)")
 SEED_MAX = 2**63 - 1
 _SEED = (lambda v: 0 <= v <= SEED_MAX, f"expected a seed in 0..{SEED_MAX}")
-_NAME = (lambda v: v not in ("", ".", "..") and "/" not in v and "\\" not in v and "\0" not in v,
-         "a run name must be a plain folder name (not empty, '.' or '..', no '/' or '\\')")
+_NAME = (
+    lambda v: v not in ("", ".", "..") and "/" not in v and "\\" not in v and "\0" not in v,
+    "a run name must be a plain folder name (not empty, '.' or '..', no '/' or '\\')",
+)
 
 
 @dataclass
@@ -344,44 +345,43 @@ def _notice(message: str) -> None:
     print(f"ddpm: {message}", file=sys.stderr, flush=True)
 
 
-def _existing_step(run_dir: Path) -> int | None:
-    """The latest checkpoint step of a run in ``run_dir`` (0 if it has files but no checkpoint),
-    or None when the folder holds no run."""
-    last = latest_checkpoint(run_dir)
-    if last is not None:
-        return checkpoint_step(last)
-    if any((run_dir / n).exists() for n in ("config.json", "metrics.csv")):
-        return 0
-    return None
+def _clear_run(run_dir: Path) -> None:
+    """Delete a run's files (not the lock, nor anything else in the folder): its checkpoints,
+    sample grids, config and metrics."""
+    for folder, pattern in (("checkpoints", "ckpt_*.pt"), ("samples", "step_*.png")):
+        for p in (run_dir / folder).glob(pattern):
+            p.unlink(missing_ok=True)
+    for name in ("config.json", "metrics.csv"):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _open_run(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
-    """Lock the run folder, then refuse an existing run unless ``resume`` or ``overwrite``
-    (which deletes the old run's files whole) and remove what an interrupted save left."""
+    """Lock the run folder, then refuse an existing run (one with a checkpoint) unless
+    ``resume`` or ``overwrite`` (which deletes the old run whole), and remove what an
+    interrupted save left. Files of an attempt that never reached a checkpoint are cleared."""
     check_output_path(run_dir / "config.json", "run folder")
     lock = RunLock(run_dir).acquire()
     try:
         if lock.notice:
             _notice(lock.notice)
-        old = _existing_step(run_dir)
-        if old is not None and not resume:
+        last = latest_checkpoint(run_dir)
+        if last is not None and not resume:
             if not overwrite:
                 raise RunFolderError(
-                    f"{run_dir} already holds a run (checkpoint at step {old}); continue it with "
-                    f"--resume (resume=True) or replace it with --overwrite (overwrite=True)"
+                    f"{run_dir} already holds a run (checkpoint at step {checkpoint_step(last)})"
+                    f"; continue it with --resume (resume=True) or replace it with --overwrite "
+                    f"(overwrite=True)"
                 )
-            for name in ("checkpoints", "samples"):
-                shutil.rmtree(run_dir / name, ignore_errors=True)
-            for name in ("config.json", "metrics.csv"):
-                (run_dir / name).unlink(missing_ok=True)
-            _notice(f"--overwrite: deleted the old run in {run_dir} (it had reached step {old})")
+            _clear_run(run_dir)
+            _notice(f"--overwrite: deleted the old run in {run_dir} (it had reached step "
+                    f"{checkpoint_step(last)})")  # fmt: skip
+        elif last is None:
+            _clear_run(run_dir)  # no checkpoint: nothing to continue, nothing to mix with
         orphans = remove_orphans(run_dir / "checkpoints")
         if orphans:
             mb = sum(size for _, size in orphans) / 1e6
             _notice(f"removed {len(orphans)} unfinished checkpoint file(s) ({mb:.1f} MB) left by "
                     f"an interrupted save: {', '.join(p.name for p, _ in orphans)}")  # fmt: skip
-        for d in ("checkpoints", "samples"):
-            (run_dir / d).mkdir(parents=True, exist_ok=True)
     except BaseException:
         lock.release()
         raise
@@ -586,8 +586,7 @@ def _check_health(run: _Run) -> None:
             else "no checkpoint was written")  # fmt: skip
     raise DivergedError(
         f"training diverged {where}: the loss, a gradient or a weight is not finite (nan or "
-        f"inf); the learning rate is likely too high (lr = {run.config.lr:g}; try a smaller "
-        f"--lr / lr); {kept}"
+        f"inf); the learning rate is likely too high (lr = {run.config.lr:g}: lower it); {kept}"
     )
 
 
@@ -685,13 +684,17 @@ def train(
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    run_dir = Path(config.run_dir) if config.run_dir else data_dir("runs", config.name)
+    run_dir = Path(config.run_dir) if config.run_dir else data_dir("runs") / config.name
+    created = not run_dir.exists()
     lock = _on_rank0(world, rank, lambda: _open_run(run_dir, resume, overwrite))
     try:
         return _train(config, resume, progress, on_step, world, rank, device, amp, run_dir)
     finally:
         if lock is not None:
             lock.release()
+            if created:  # a run that failed before writing anything leaves no empty folder
+                with suppress(OSError):
+                    run_dir.rmdir()
         if own_group:
             dist.destroy_process_group()
 
@@ -711,8 +714,12 @@ def _train(config, resume, progress, on_step, world, rank, device, amp, run_dir)
         _restore(run, last)
     metrics = run_dir / "metrics.csv"
     if run.main:
-        atomic_write(run_dir / "config.json",
-                     lambda f: f.write((json.dumps(config.to_dict(), indent=2) + "\n").encode()))
+        for d in ("checkpoints", "samples"):
+            (run_dir / d).mkdir(parents=True, exist_ok=True)
+        atomic_write(
+            run_dir / "config.json",
+            lambda f: f.write((json.dumps(config.to_dict(), indent=2) + "\n").encode()),
+        )
         _reset_metrics(metrics, run.step)
 
     net = run.model
