@@ -363,6 +363,8 @@ def cmd_evaluate(args) -> int:
     )
 
     model, diffusion, config, generator = _load(args)
+    if args.num is not None:
+        _check_sampling_memory(model, args.num, args.device, "--num")
     test = load_dataset(config.dataset, "test", image_size=config.image_size)
     train_set = load_dataset(config.dataset, "train", image_size=config.image_size)
     bpd = bits_per_dim(diffusion, model, test.data, max_images=args.bpd_images)
@@ -373,7 +375,6 @@ def cmd_evaluate(args) -> int:
     num = args.num or len(test)
     if args.ddim_steps > diffusion.num_timesteps:
         raise ValueError(f"--ddim-steps must be at most T = {diffusion.num_timesteps}")
-    _check_sampling_memory(model, num, args.device, "--num")
     samples = diffusion.ddim_sample(
         model, _image_shape(model, num), steps=args.ddim_steps, generator=generator
     ).cpu()
