@@ -16,6 +16,19 @@ Run folder (``config.run_dir``, default ``data_dir("runs", config.name)``)::
                                       not the paper's 1000-step ancestral sampler)
     checkpoints/ckpt_0002000.pt       the last ``keep_last`` checkpoints; the highest step is
                                       the one ``resume=True`` and ``load_model(run_dir)`` use
+    train.lock                        while a training runs: its pid and host (ddpm.checkpoint)
+
+A run folder holds one run. ``train`` locks it for the whole call (a second training into it
+fails at once, naming the holder); a folder with a checkpoint is refused unless ``resume=True``
+continues it or ``overwrite=True`` deletes it first (``--resume`` / ``--overwrite``).
+Checkpoints are written atomically and rotated only after the new one is safely on disk; the
+partial files a ``kill -9`` during a save leaves are removed by the next start.
+
+Non-finite values: a step whose loss or gradient norm is nan or inf is skipped on the device
+(fused Adam's ``found_inf`` flag, as GradScaler uses it, and an EMA update of weight 0), so the
+loop takes no host sync per step. At every log, sample grid and checkpoint one flag is read
+first; a skipped step or a non-finite weight stops the run with a one-line ``DivergedError``
+naming the step, and nothing is written.
 
 Exact resume: a checkpoint holds the model, the EMA, Adam (and GradScaler) state, the step and
 every RNG state the loop uses (the torch CPU / CUDA RNGs, which only dropout draws from; the data
