@@ -228,6 +228,16 @@ def _load(args):
     return model, diffusion, config, generator
 
 
+def _write(path, save) -> None:
+    """Call ``save()``, which writes ``path``; an OSError becomes one line naming the file."""
+    from .checkpoint import os_error_message
+
+    try:
+        save()
+    except OSError as err:
+        raise ValueError(os_error_message(err, f"write {path}")) from None
+
+
 def _check_device(name: str) -> None:
     """A one-line error for a device name torch does not know or cannot use here."""
     import torch
@@ -288,17 +298,21 @@ def cmd_sample(args) -> int:
             eta=args.eta,
             generator=generator,
             clip_denoised=clip,
+            progress=sys.stderr.isatty(),
         )
     else:
-        x = diffusion.sample(model, shape, generator=generator, clip_denoised=clip)
+        x = diffusion.sample(
+            model, shape, generator=generator, clip_denoised=clip, progress=sys.stderr.isatty()
+        )
     x = x.cpu()
     if args.raw is not None:  # the raw samples first: they cost the sampling, the PNG does not
         if args.raw.suffix == ".npz":
-            atomic_write(args.raw, lambda f: np.savez_compressed(f, samples=x.numpy()))
+            npz = lambda f: np.savez_compressed(f, samples=x.numpy())  # noqa: E731
+            _write(args.raw, lambda: atomic_write(args.raw, npz))
         else:
-            atomic_write(args.raw, lambda f: torch.save(x, f))
+            _write(args.raw, lambda: atomic_write(args.raw, lambda f: torch.save(x, f)))
         print(f"raw samples in [-1, 1], shape {tuple(x.shape)} -> {args.raw}")
-    save_image_grid(x, args.out, scale=_upscale(shape[-1]))
+    _write(args.out, lambda: save_image_grid(x, args.out, scale=_upscale(shape[-1])))
     print(f"{args.num} samples -> {args.out}")
     return 0
 
@@ -342,10 +356,10 @@ def cmd_interpolate(args) -> int:
         row_labels=[f"t = {t}" for t in steps],
         sources=(x1[0].cpu(), x2[0].cpu()),
     )
-    save_figure(fig, args.out)
+    _write(args.out, lambda: save_figure(fig, args.out))
     print(f"interpolations at t = {steps} (paper's steps) -> {args.out}")
     if args.gif is not None:
-        save_gif(rows[-1], args.gif, scale=_upscale(x1.shape[-1]))
+        _write(args.gif, lambda: save_gif(rows[-1], args.gif, scale=_upscale(x1.shape[-1])))
         print(f"t = {steps[-1]}, lambda 0..1 as a GIF -> {args.gif}")
     return 0
 

@@ -543,8 +543,8 @@ def _train_step(run: _Run, net, diffusion, ds, autocast, part) -> tuple[torch.Te
     if ds.flip:
         x0 = random_flip(x0, generator=run.data_gen)
     t = torch.randint(0, c.timesteps, (c.batch_size,), generator=run.noise_gen, device=run.device)
-    noise = torch.randn((c.batch_size, *ds.data.shape[1:]), generator=run.noise_gen,
-                        device=run.device)  # fmt: skip
+    shape = (c.batch_size, *ds.data.shape[1:])
+    noise = torch.randn(shape, generator=run.noise_gen, device=run.device)
     idx, x0, t, noise = idx[part], x0[part].to(run.device), t[part], noise[part]
 
     for group in run.optimizer.param_groups:
@@ -566,7 +566,7 @@ def _train_step(run: _Run, net, diffusion, ds, autocast, part) -> tuple[torch.Te
         if run.optimizer.defaults.get("fused"):
             run.optimizer.grad_scale, run.optimizer.found_inf = None, (~finite).float()
             run.optimizer.step()
-        elif finite.item():  # pragma: no cover - devices without fused Adam: one sync
+        elif finite.item():  # a device without fused Adam (e.g. MPS): one sync per step
             run.optimizer.step()
         bad = ~finite
     ema_update(run.ema, run.model, c.ema_decay, apply=finite)

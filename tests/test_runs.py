@@ -371,6 +371,25 @@ def test_read_only_disk_is_one_line_before_any_work(checkpoint, tmp_path, monkey
     assert not list(out.iterdir())
 
 
+def test_full_disk_while_sampling_is_one_line_and_leaves_nothing(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    """ENOSPC, injected into the flush of every atomic write: no output, no .tmp file."""
+    monkeypatch.setattr(C.os, "fsync", _fail_with(errno.ENOSPC))
+    out, raw = tmp_path / "g.png", tmp_path / "s.npz"
+    fails(["sample", checkpoint, "--num", "2", "--out", out, "--raw", raw],
+          "No space left on device", capsys, tmp_path)  # fmt: skip
+    assert not out.exists() and not raw.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_allocation_failures_are_one_line(checkpoint, tmp_path, monkeypatch, capsys):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+
+    monkeypatch.setattr(T.GaussianDiffusion, "sample", out_of_memory)
+    fails(["sample", checkpoint, "--num", "2"], "out of memory", capsys, tmp_path)
+
+
 def test_data_dir_naming_a_file_is_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "afile").write_text("not a folder")
     monkeypatch.setenv("DDPM_DATA_DIR", str(tmp_path / "afile"))
