@@ -73,7 +73,6 @@ _TRAIN_ALIASES = {"timesteps": ["-T"]}
 _TRAIN_CHOICES = {
     "schedule": ["linear", "cosine"],
     "amp": ["auto", "bf16", "fp16", "off"],
-    "model": ["digits", "mnist", "cifar10"],
     "model_mean_type": ["eps", "x0", "mean"],
     "model_var_type": ["fixed_large", "fixed_small"],
 }
@@ -86,7 +85,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     from dataclasses import fields
 
     from .train import TrainConfig
+    from .unet import PRESETS
 
+    choices = {**_TRAIN_CHOICES, "model": sorted(PRESETS)}
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -106,8 +107,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                 kw["type"] = _checked(float, ok, rule or "expected a number")
             else:
                 kw["type"] = _checked(str, ok, rule) if check else str
-        if f.name in _TRAIN_CHOICES:
-            kw["choices"] = _TRAIN_CHOICES[f.name]
+        if f.name in choices:
+            kw["choices"] = choices[f.name]
         p.add_argument(flag, *_TRAIN_ALIASES.get(f.name, []), **kw)
 
 
