@@ -8,6 +8,7 @@ status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def _checked(convert, ok, rule: str):
     def parse(text: str):
         try:
             value = convert(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"{rule}, got {text!r}") from None
         if not ok(value):
             raise argparse.ArgumentTypeError(f"{rule}, got {value}")
@@ -30,8 +31,10 @@ def _checked(convert, ok, rule: str):
 
 
 _positive_int = _checked(int, lambda v: v >= 1, "expected a positive integer")
-_nonnegative_float = _checked(float, lambda v: v >= 0, "expected a number >= 0")
-_beta = _checked(float, lambda v: 0.0 < v < 1.0, "betas must lie in (0, 1)")
+_finite_nonnegative = _checked(
+    float, lambda v: math.isfinite(v) and v >= 0, "expected a finite number >= 0"
+)
+_seed = _checked(int, lambda v: 0 <= v <= 2**63 - 1, f"expected a seed in 0..{2**63 - 1}")
 
 
 def _int_list(text: str) -> list[int]:
@@ -46,40 +49,101 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _json_dict(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+# Flag names and choices that the TrainConfig fields do not say themselves.
+_TRAIN_ALIASES = {"timesteps": ["-T"]}
+_TRAIN_CHOICES = {
+    "schedule": ["linear", "cosine"],
+    "amp": ["auto", "bf16", "fp16", "off"],
+    "model_mean_type": ["eps", "x0", "mean"],
+    "model_var_type": ["fixed_large", "fixed_small"],
+}
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (``batch_size`` -> ``--batch-size``), with the field's
+    help text and check; default None: the preset's value."""
+    import typing
+    from dataclasses import fields
+
+    from .train import TrainConfig
+    from .unet import PRESETS
+
+    choices = {**_TRAIN_CHOICES, "model": sorted(PRESETS)}
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        kw: dict = {"help": f.metadata["help"], "default": None, "dest": f.name}
+        if base is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif base is dict:
+            kw["type"] = _json_dict
+        else:
+            check = f.metadata.get("check")
+            ok, rule = check if check else ((lambda v: True), "")
+            if base is int:
+                kw["type"] = _checked(int, ok, rule or "expected an integer")
+            elif base is float:
+                kw["type"] = _checked(float, ok, rule or "expected a number")
+            else:
+                kw["type"] = _checked(str, ok, rule) if check else str
+        if f.name in choices:
+            kw["choices"] = choices[f.name]
+        p.add_argument(flag, *_TRAIN_ALIASES.get(f.name, []), **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ddpm",
         description="Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020): train a "
         "model, sample from it, interpolate between images, evaluate it.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)  # fmt: skip
 
-    p = sub.add_parser("train", help="train a model (default: the quick digits preset, on CPU)")
+    p = sub.add_parser("train", help="train a model (default: the quick digits preset, on CPU)",
+                       description="Train a model. Every flag but --preset, --resume and "
+                       "--overwrite overrides one field of the preset's TrainConfig.")  # fmt: skip
     p.add_argument("--preset", default="digits", help="training preset: digits, mnist, cifar10")
-    p.add_argument("--dataset", help="dataset (digits, mnist, fashion-mnist, cifar10, folder:PATH)")
-    p.add_argument("--name", help="run name: the run folder is data/runs/NAME (default: the "
-                   "preset's name, or the dataset's when --dataset is given)")  # fmt: skip
-    p.add_argument("--image-size", type=_positive_int, help="resize images to this size")
-    p.add_argument("--steps", type=_positive_int, help="total training steps")
-    p.add_argument("--batch-size", type=_positive_int, help="global batch size")
-    p.add_argument("--lr", type=_nonnegative_float, help="peak learning rate (Adam)")
-    p.add_argument("--timesteps", "-T", type=_positive_int, help="diffusion steps T")
-    p.add_argument("--schedule", choices=["linear", "cosine"], help="beta schedule")
-    p.add_argument("--beta-start", type=_beta, help="linear schedule: beta_1 (for T = 1000)")
-    p.add_argument("--beta-end", type=_beta, help="linear schedule: beta_T (for T = 1000)")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision")
-    p.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
-    p.add_argument("--run-dir", type=Path, help="where to write checkpoints, logs and samples")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    _train_flags(p)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the run folder from its last checkpoint",
+    )
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run already in the run folder, then train afresh",
+    )
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint into a PNG grid")
     _checkpoint_args(p)
     p.add_argument("--num", type=_positive_int, default=64, help="number of samples (64)")
     p.add_argument("--sampler", choices=["ancestral", "ddim"], default="ancestral")
     p.add_argument("--ddim-steps", type=_positive_int, default=50, help="DDIM steps (50)")
-    p.add_argument("--eta", type=_nonnegative_float, default=0.0, help="DDIM eta (0)")
+    p.add_argument("--eta", type=_finite_nonnegative, default=0.0, help="DDIM eta (0)")
     p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG grid (samples.png)")
     p.add_argument("--raw", type=Path, help="also save the samples in [-1, 1] (.npz or .pt)")
@@ -104,41 +168,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="a checkpoint file or a run folder")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (cpu)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
 
 
 # ---------------------------------------------------------------------- the commands
 def cmd_train(args) -> int:
-    from .train import preset_config, train
+    from dataclasses import fields
 
-    name = args.name
-    if name is None and args.dataset is not None:  # e.g. --preset mnist --dataset fashion-mnist
+    from .train import TrainConfig, preset_config, train
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "name" not in overrides and args.dataset is not None:  # e.g. --dataset fashion-mnist
         folder = args.dataset.removeprefix("folder:")
         name = args.dataset if folder == args.dataset else f"folder-{Path(folder).name}"
-    overrides = {
-        key: value
-        for key, value in {
-            "name": name,
-            "dataset": args.dataset,
-            "image_size": args.image_size,
-            "steps": args.steps,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "timesteps": args.timesteps,
-            "schedule": args.schedule,
-            "beta_start": args.beta_start,
-            "beta_end": args.beta_end,
-            "seed": args.seed,
-            "device": args.device,
-            "amp": args.amp,
-            "compile": args.compile,
-            "run_dir": str(args.run_dir) if args.run_dir else None,
-        }.items()
-        if value is not None
-    }
-    result = train(preset_config(args.preset, **overrides), resume=args.resume)
+        overrides["name"] = name
+    config = preset_config(args.preset, **overrides).validate()
+    _check_linear_schedule(config)
+    if config.device != "auto":
+        _check_device(config.device)
+    progress = sys.stderr.isatty()  # a progress bar only where someone watches it
+    result = train(config, resume=args.resume, overwrite=args.overwrite, progress=progress)
     state = "interrupted at" if result.interrupted else "finished at"
     print(f"{state} step {result.step}, loss {result.loss:.4f}")
     print(f"run folder: {result.run_dir}")
@@ -149,6 +201,20 @@ def cmd_train(args) -> int:
     return 130 if result.interrupted else 0
 
 
+def _check_linear_schedule(config) -> None:
+    """The schedule's own error names its Python arguments; say it in flags."""
+    if config.schedule != "linear":
+        return
+    scale = 1000 / config.timesteps
+    start, end = config.beta_start * scale, config.beta_end * scale
+    if not 0 < start <= end < 1:
+        raise ValueError(
+            f"the linear schedule scales --beta-start/--beta-end by 1000/T = {scale:g}, giving "
+            f"{start:g}..{end:g} outside (0, 1); use a larger --timesteps (-T), a smaller "
+            f"--beta-end, or --schedule cosine"
+        )
+
+
 def _load(args):
     import torch
 
@@ -156,10 +222,45 @@ def _load(args):
 
     if not args.checkpoint.exists():
         raise FileNotFoundError(f"no checkpoint or run folder at {args.checkpoint}")
+    _check_device(args.device)
     model, diffusion, config = load_model(args.checkpoint, ema=not args.no_ema, device=args.device)
     model.eval()
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     return model, diffusion, config, generator
+
+
+def _write(path, save) -> None:
+    """Call ``save()``, which writes ``path``; an OSError becomes one line naming the file."""
+    from .checkpoint import os_error_message
+
+    try:
+        save()
+    except OSError as err:
+        raise ValueError(os_error_message(err, f"write {path}")) from None
+
+
+def _check_device(name: str) -> None:
+    """A one-line error for a device name torch does not know or cannot use here."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda, cuda:1, ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {name}: CUDA is not available on this machine; use --device cpu"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s)")  # fmt: skip
+
+
+def _check_sampling_memory(model, num: int, device, option: str) -> None:
+    from .memory import check_fits, sampling_bytes
+
+    need = sampling_bytes(model.config, num)
+    check_fits(need, device, f"{option} {num}", f"use a smaller {option}")
 
 
 def _image_shape(model, num: int) -> tuple[int, ...]:
@@ -176,16 +277,21 @@ def cmd_sample(args) -> int:
     import numpy as np
     import torch
 
+    from .checkpoint import atomic_write, check_output_path
     from .viz import save_image_grid
 
     if args.raw is not None and args.raw.suffix not in (".npz", ".pt"):
         raise ValueError(f"--raw must end in .npz or .pt, got {args.raw.name}")
+    check_output_path(args.out, "--out")  # before the work, not after it
+    if args.raw is not None:
+        check_output_path(args.raw, "--raw")
     model, diffusion, _, generator = _load(args)
+    if args.sampler == "ddim" and args.ddim_steps > diffusion.num_timesteps:
+        raise ValueError(f"--ddim-steps must be at most T = {diffusion.num_timesteps}")
+    _check_sampling_memory(model, args.num, args.device, "--num")
     shape = _image_shape(model, args.num)
     clip = not args.no_clip
     if args.sampler == "ddim":
-        if args.ddim_steps > diffusion.num_timesteps:
-            raise ValueError(f"--ddim-steps must be at most T = {diffusion.num_timesteps}")
         x = diffusion.ddim_sample(
             model,
             shape,
@@ -193,28 +299,35 @@ def cmd_sample(args) -> int:
             eta=args.eta,
             generator=generator,
             clip_denoised=clip,
+            progress=sys.stderr.isatty(),
         )
     else:
-        x = diffusion.sample(model, shape, generator=generator, clip_denoised=clip)
+        x = diffusion.sample(
+            model, shape, generator=generator, clip_denoised=clip, progress=sys.stderr.isatty()
+        )
     x = x.cpu()
-    save_image_grid(x, args.out, scale=_upscale(shape[-1]))
-    print(f"{args.num} samples -> {args.out}")
-    if args.raw is not None:
-        args.raw.parent.mkdir(parents=True, exist_ok=True)
+    if args.raw is not None:  # the raw samples first: they cost the sampling, the PNG does not
         if args.raw.suffix == ".npz":
-            np.savez_compressed(args.raw, samples=x.numpy())
+            npz = lambda f: np.savez_compressed(f, samples=x.numpy())  # noqa: E731
+            _write(args.raw, lambda: atomic_write(args.raw, npz))
         else:
-            torch.save(x, args.raw)
+            _write(args.raw, lambda: atomic_write(args.raw, lambda f: torch.save(x, f)))
         print(f"raw samples in [-1, 1], shape {tuple(x.shape)} -> {args.raw}")
+    _write(args.out, lambda: save_image_grid(x, args.out, scale=_upscale(shape[-1])))
+    print(f"{args.num} samples -> {args.out}")
     return 0
 
 
 def cmd_interpolate(args) -> int:
     import torch
 
+    from .checkpoint import check_output_path
     from .data import load_dataset
     from .viz import interpolation_figure, save_figure, save_gif
 
+    check_output_path(args.out, "--out")
+    if args.gif is not None:
+        check_output_path(args.gif, "--gif")
     model, diffusion, config, generator = _load(args)
     T = diffusion.num_timesteps
     steps = args.t or sorted({max(1, T // 10), T // 4, T // 2})
@@ -244,10 +357,10 @@ def cmd_interpolate(args) -> int:
         row_labels=[f"t = {t}" for t in steps],
         sources=(x1[0].cpu(), x2[0].cpu()),
     )
-    save_figure(fig, args.out)
+    _write(args.out, lambda: save_figure(fig, args.out))
     print(f"interpolations at t = {steps} (paper's steps) -> {args.out}")
     if args.gif is not None:
-        save_gif(rows[-1], args.gif, scale=_upscale(x1.shape[-1]))
+        _write(args.gif, lambda: save_gif(rows[-1], args.gif, scale=_upscale(x1.shape[-1])))
         print(f"t = {steps[-1]}, lambda 0..1 as a GIF -> {args.gif}")
     return 0
 
@@ -265,6 +378,8 @@ def cmd_evaluate(args) -> int:
     )
 
     model, diffusion, config, generator = _load(args)
+    if args.num is not None:
+        _check_sampling_memory(model, args.num, args.device, "--num")
     test = load_dataset(config.dataset, "test", image_size=config.image_size)
     train_set = load_dataset(config.dataset, "train", image_size=config.image_size)
     bpd = bits_per_dim(diffusion, model, test.data, max_images=args.bpd_images)
@@ -310,14 +425,42 @@ def cmd_evaluate(args) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """What ends a command with one line: bad values, files, the OS, the device, memory."""
+    import torch
+
     from .data import DatasetUnavailableError
     from .metrics import MetricUnavailableError
+    from .train import DivergedError
 
-    return (ValueError, FileNotFoundError, DatasetUnavailableError, MetricUnavailableError)
+    return (ValueError, OSError, DatasetUnavailableError, MetricUnavailableError, DivergedError,
+            MemoryError, torch.OutOfMemoryError)  # fmt: skip
+
+
+# Hints that the Python API gives in its own argument names, said in this command line's flags.
+_CLI_HINTS = {
+    'use split="train"': "interpolate takes its two images from the test split; add images "
+    "to the folder",
+}
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and not str(err).startswith("cannot") and err.strerror:
+        target = f": {err.filename}" if err.filename else ""
+        message = f"{err.strerror}{target}"
+    elif isinstance(err, (MemoryError,)) or type(err).__name__ == "OutOfMemoryError":
+        first = (str(err).splitlines() or [""])[0]
+        message = f"out of memory ({first}); ask for less (a smaller --num or --batch-size)"
+    else:
+        message = str(err)
+    for api, cli in _CLI_HINTS.items():
+        message = message.replace(api, cli)
+    return " ".join(message.split())
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ddpm`` console script; returns the exit status."""
+    """Entry point of the ``ddpm`` console script; returns the exit status. Every expected
+    failure (bad values, files, the OS, the device, memory) is one line on stderr and exit
+    status 2; an interrupt is exit status 130."""
     args = build_parser().parse_args(argv)
     command = {
         "train": cmd_train,
@@ -331,8 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ddpm {args.command}: interrupted", file=sys.stderr)
         return 130
     except _user_errors() as err:
-        message = " ".join(str(err).split())
-        print(f"ddpm {args.command}: error: {message}", file=sys.stderr)
+        print(f"ddpm {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

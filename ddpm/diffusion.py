@@ -426,8 +426,8 @@ class GaussianDiffusion:
         with beta-tilde. ``x_start`` is x at step T-1 (e.g. from :meth:`ddim_encode`). With
         ``return_trajectory``, also returns ``t``, ``xt`` and ``pred_x0`` at every step.
         """
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        if not (math.isfinite(float(eta)) and eta >= 0):  # nan or inf would fill x with nan
+            raise ValueError(f"eta must be a finite number >= 0, got {eta}")
         seq = self._ddim_steps(steps)
         device = self._device(model, device, x_start)
         shape = tuple(shape) if x_start is None else tuple(x_start.shape)
@@ -650,6 +650,8 @@ class GaussianDiffusion:
                 f"lam must be a float or a [B] tensor with B = {x1.shape[0]} (or x1 of batch 1), "
                 f"got shape {tuple(lam.shape)}"
             )
+        if not bool(torch.isfinite(lam).all()):  # nan or inf would fill the result with nan
+            raise ValueError(f"lam must be finite (0 <= lam <= 1 interpolates), got {lam.tolist()}")
         batch = max(x1.shape[0], lam.numel() if lam.ndim == 1 else 1)
         expand = (batch, *x1.shape[1:])
         x1, x2, n1, n2 = (v.expand(expand) for v in (x1, x2, n1, n2))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import atomic_save
 from .paths import data_dir
 
 __all__ = [
@@ -381,19 +381,6 @@ def _fit_digits_classifier(x, y, progress: bool) -> DigitsClassifier:
     return model
 
 
-def _save_atomic(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_cached(path: Path) -> tuple[DigitsClassifier, dict] | None:
     """The cached classifier, or None if the file is missing, corrupt or from another version."""
     if not path.is_file():
@@ -433,7 +420,7 @@ def load_digits_classifier(*, retrain: bool = False, progress: bool = False) -> 
     if loaded is None:
         model, info = _train_digits_classifier(progress=progress)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        _save_atomic({"version": CLASSIFIER_VERSION, "state_dict": state, **info}, path)
+        atomic_save({"version": CLASSIFIER_VERSION, "state_dict": state, **info}, path)
     else:
         model, info = loaded
     model.eval()

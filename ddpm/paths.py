@@ -62,5 +62,10 @@ def data_dir(*parts: str) -> Path:
         root = repo_root()
         path = root / "data" if root is not None else user_cache_dir()
     path = path.joinpath(*parts).resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # e.g. DDPM_DATA_DIR names a file, or a read-only folder
+        where = f"{ENV_VAR}={env}" if env else "the data folder"
+        raise ValueError(f"cannot create {path} ({where}): {err.strerror}; point {ENV_VAR} at "
+                         f"a folder you can write to") from None  # fmt: skip
     return path

@@ -16,6 +16,19 @@ Run folder (``config.run_dir``, default ``data_dir("runs", config.name)``)::
                                       not the paper's 1000-step ancestral sampler)
     checkpoints/ckpt_0002000.pt       the last ``keep_last`` checkpoints; the highest step is
                                       the one ``resume=True`` and ``load_model(run_dir)`` use
+    train.lock                        while a training runs: its pid and host (ddpm.checkpoint)
+
+A run folder holds one run. ``train`` locks it for the whole call (a second training into it
+fails at once, naming the holder); a folder with a checkpoint is refused unless ``resume=True``
+continues it or ``overwrite=True`` deletes it first (``--resume`` / ``--overwrite``).
+Checkpoints are written atomically and rotated only after the new one is safely on disk; the
+partial files a ``kill -9`` during a save leaves are removed by the next start.
+
+Non-finite values: a step whose loss or gradient norm is nan or inf is skipped on the device
+(fused Adam's ``found_inf`` flag, as GradScaler uses it, and an EMA update of weight 0), so the
+loop takes no host sync per step. At every log, sample grid and checkpoint one flag is read
+first; a skipped step or a non-finite weight stops the run with a one-line ``DivergedError``
+naming the step, and nothing is written.
 
 Exact resume: a checkpoint holds the model, the EMA, Adam (and GradScaler) state, the step and
 every RNG state the loop uses (the torch CPU / CUDA RNGs, which only dropout draws from; the data
@@ -35,12 +48,12 @@ return normally with ``result.interrupted = True`` (no exception: a notebook cel
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
-import re
 import signal
-import tempfile
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -51,8 +64,26 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    RunFolderError,
+    RunLock,
+    atomic_save,
+    atomic_write,
+    check_output_path,
+    checkpoint_path,
+    checkpoint_step,
+    latest_checkpoint,
+    load_weights,
+    os_error_message,
+    read_checkpoint,
+    remove_orphans,
+    rotate,
+)
 from .data import dataset_info, load_dataset, random_flip
 from .diffusion import GaussianDiffusion
+from .memory import FLOAT, check_fits, parameter_count, training_bytes
 from .paths import data_dir
 from .progress import progress_bar
 from .schedules import get_beta_schedule, linear_beta_schedule
@@ -62,6 +93,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "CheckpointError",
+    "DivergedError",
+    "RunFolderError",
     "preset_config",
     "train",
     "load_model",
@@ -72,40 +105,75 @@ __all__ = [
 ]
 
 
+def _field(default, help: str, check=None, *, factory=None):
+    """A TrainConfig field: ``help`` (also the ``ddpm train`` flag's help) and an optional
+    ``check = (predicate, rule)`` that :meth:`TrainConfig.validate` and the CLI both apply."""
+    meta = {"help": help, "check": check}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_POSITIVE = (lambda v: v >= 1, "expected a positive integer")
+_NONNEGATIVE_INT = (lambda v: v >= 0, "expected an integer >= 0")
+_FINITE_NONNEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "expected a finite number >= 0")
+_BETA = (lambda v: 0.0 < v < 1.0, "betas must lie in (0, 1)")
+_DECAY = (lambda v: 0.0 <= v < 1.0, "expected a decay in [0, 1)")
+SEED_MAX = 2**63 - 1
+_SEED = (lambda v: 0 <= v <= SEED_MAX, f"expected a seed in 0..{SEED_MAX}")
+_NAME = (
+    lambda v: v not in ("", ".", "..") and "/" not in v and "\\" not in v and "\0" not in v,
+    "a run name must be a plain folder name (not empty, '.' or '..', no '/' or '\\')",
+)
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs, as plain JSON-serialisable fields. Defaults: the paper's CIFAR-10
-    recipe (Appendix B), except the dataset/model, which default to the offline digits."""
+    recipe (Appendix B), except the dataset/model, which default to the offline digits. Each
+    field's help text (``fields(TrainConfig)[i].metadata["help"]``) is also its ``ddpm train``
+    flag's, and :meth:`validate` checks the values."""
 
-    name: str = "digits"  # run name: the run folder is data_dir("runs", name) unless run_dir
-    dataset: str = "digits"  # a load_dataset name
-    image_size: int | None = None  # None: the dataset's native size
-    model: str = "digits"  # a UNet preset (ddpm.unet.PRESETS)
-    model_overrides: dict = field(default_factory=dict)  # UNetConfig fields, e.g. {"ch": 16}
-    timesteps: int = 1000  # T
-    schedule: str = "linear"  # "linear" (paper: 1e-4..0.02) or "cosine"
-    beta_start: float = 1e-4  # linear schedule: beta_1 for T = 1000 (scaled by 1000/T)
-    beta_end: float = 0.02  # linear schedule: beta_T for T = 1000 (scaled by 1000/T)
-    model_mean_type: str = "eps"
-    model_var_type: str = "fixed_large"
-    batch_size: int = 128  # the global batch (all ranks together)
-    lr: float = 2e-4
-    warmup_steps: int = 5000  # linear LR warmup from 0
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    ema_decay: float = 0.9999
-    steps: int = 800_000  # total optimizer steps
-    flip: bool | None = None  # random horizontal flips; None: the dataset's default
-    amp: str = "auto"  # "auto" | "bf16" | "fp16" | "off"
-    compile: bool = False  # torch.compile the training forward
-    seed: int = 0
-    device: str = "auto"  # "auto": CUDA if available, else CPU
-    log_every: int = 100  # 0: log only at the end
-    sample_every: int = 5000  # EMA sample grid every this many steps (and at the end); 0: never
-    sample_count: int = 64
-    sample_steps: int = 50  # DDIM steps for the periodic grid
-    ckpt_every: int = 5000  # 0: only at the end (always also at the end and on SIGINT/SIGTERM)
-    keep_last: int = 3  # keep this many checkpoints
-    run_dir: str | None = None
+    name: str = _field("digits", "run name: the run folder is data_dir('runs', NAME) unless "
+                       "run_dir is given", _NAME)  # fmt: skip
+    dataset: str = _field("digits", "dataset: digits, mnist, fashion-mnist, cifar10, folder:PATH")
+    image_size: int | None = _field(None, "resize images to this size (default: the dataset's)",
+                                    _POSITIVE)  # fmt: skip
+    model: str = _field("digits", "UNet preset: digits, mnist, cifar10")
+    model_overrides: dict = _field(None, "UNetConfig fields as JSON, e.g. '{\"ch\": 16}'",
+                                   factory=dict)  # fmt: skip
+    timesteps: int = _field(1000, "diffusion steps T", _POSITIVE)
+    schedule: str = _field("linear", "beta schedule: linear (the paper's 1e-4..0.02) or cosine")
+    beta_start: float = _field(1e-4, "linear schedule: beta_1 for T = 1000 (scaled by 1000/T)",
+                               _BETA)  # fmt: skip
+    beta_end: float = _field(0.02, "linear schedule: beta_T for T = 1000 (scaled by 1000/T)",
+                             _BETA)  # fmt: skip
+    model_mean_type: str = _field("eps", "what the model predicts: eps, x0 or mean")
+    model_var_type: str = _field("fixed_large", "reverse variance: fixed_large or fixed_small")
+    batch_size: int = _field(128, "global batch size (all ranks together)", _POSITIVE)
+    lr: float = _field(2e-4, "peak learning rate (Adam)", _FINITE_NONNEGATIVE)
+    warmup_steps: int = _field(5000, "linear learning-rate warmup from 0 over this many steps",
+                               _NONNEGATIVE_INT)  # fmt: skip
+    grad_clip: float = _field(1.0, "max global gradient norm; 0 disables clipping",
+                              _FINITE_NONNEGATIVE)  # fmt: skip
+    ema_decay: float = _field(0.9999, "EMA decay of the weights used for sampling", _DECAY)
+    steps: int = _field(800_000, "total optimizer steps", _POSITIVE)
+    flip: bool | None = _field(None, "random horizontal flips (default: the dataset's)")
+    amp: str = _field("auto", "mixed precision: auto, bf16, fp16, off")
+    compile: bool = _field(False, "torch.compile the training forward")
+    seed: int = _field(0, "random seed", _SEED)
+    device: str = _field("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...")
+    log_every: int = _field(100, "log a metrics row every this many steps; 0: only at the end",
+                            _NONNEGATIVE_INT)  # fmt: skip
+    sample_every: int = _field(5000, "EMA sample grid every this many steps (and at the end); "
+                               "0: never", _NONNEGATIVE_INT)  # fmt: skip
+    sample_count: int = _field(64, "images in each sample grid", _POSITIVE)
+    sample_steps: int = _field(50, "DDIM steps for the sample grids", _POSITIVE)
+    ckpt_every: int = _field(5000, "checkpoint every this many steps; 0: only at the end "
+                             "(always also at the end and on SIGINT/SIGTERM)",
+                             _NONNEGATIVE_INT)  # fmt: skip
+    keep_last: int = _field(3, "keep this many checkpoints", _POSITIVE)
+    run_dir: str | None = _field(None, "the run folder (default: data_dir('runs', NAME))")
 
     def to_dict(self) -> dict:
         """A plain dict (tuples become lists), the same after a JSON round trip."""
@@ -118,6 +186,20 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown}; see ddpm.train.TrainConfig")
         return cls(**d)
+
+    def validate(self) -> TrainConfig:
+        """Raise a one-line ValueError naming the first field whose value breaks its rule."""
+        for f in fields(self):
+            value, check = getattr(self, f.name), f.metadata.get("check")
+            if check is None or value is None:
+                continue
+            try:
+                ok = check[0](value)
+            except TypeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"TrainConfig.{f.name}: {check[1]}, got {value!r}")
+        return self
 
 
 # Fields that fix the model and the diffusion: a checkpoint only resumes into the same ones.
@@ -174,8 +256,8 @@ class TrainResult:
     interrupted: bool = False
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or does not fit the model / config it is loaded into."""
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss, gradient or weight; no checkpoint was written."""
 
 
 # ---------------------------------------------------------------------- schedules and EMA
@@ -185,13 +267,21 @@ def lr_at(step: int, lr: float, warmup_steps: int) -> float:
 
 
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float,
+               apply: torch.Tensor | None = None) -> None:  # fmt: skip
     """ema <- decay * ema + (1 - decay) * model, for parameters and float buffers (integer
-    buffers are copied). Sampling uses the EMA weights, as in the paper."""
+    buffers are copied). Sampling uses the EMA weights, as in the paper. ``apply``, a bool
+    tensor, makes the update a no-op where False, without a host sync (a skipped step)."""
+    w = 1.0 - decay
+    if apply is not None:
+        w = apply.to(torch.float32) * w
     for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.detach(), 1.0 - decay)
+        e.lerp_(p.detach(), w)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        e.lerp_(b, 1.0 - decay) if e.is_floating_point() else e.copy_(b)
+        if e.is_floating_point():
+            e.lerp_(b, w)
+        else:
+            e.copy_(b if apply is None else torch.where(apply, b, e))
 
 
 # ---------------------------------------------------------------------- building blocks
@@ -229,70 +319,8 @@ def _resolve_amp(amp: str, device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------------- checkpoints
-def checkpoint_step(path: Path) -> int:
-    """The step in a checkpoint's file name (``ckpt_0001400.pt`` -> 1400); -1 for other names."""
-    m = re.fullmatch(r"ckpt_(\d+)\.pt", path.name)
-    return int(m.group(1)) if m else -1
-
-
-def latest_checkpoint(run_dir) -> Path | None:
-    """The checkpoint with the highest step in ``run_dir/checkpoints``, or None."""
-    paths = [p for p in Path(run_dir, "checkpoints").glob("ckpt_*.pt") if checkpoint_step(p) >= 0]
-    return max(paths, key=checkpoint_step, default=None)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _read_checkpoint(path) -> dict:
-    """torch.load(weights_only=True), with one clear error for a missing or damaged file."""
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise CheckpointError(f"no checkpoint in {path / 'checkpoints'}")
-        path = found
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
-    except Exception as err:  # truncated zip, bad pickle, ...: all mean "damaged"
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: the file is corrupt or truncated "
-            f"({type(err).__name__}); delete it to resume from an earlier one"
-        ) from None
-    missing = {"model", "ema", "optimizer", "step", "config", "rng"} - set(ckpt)
-    if missing:
-        raise CheckpointError(f"{path} is not a ddpm.train checkpoint: missing {sorted(missing)}")
-    return ckpt
-
-
-def _load_weights(module: torch.nn.Module, state: dict, what: str) -> None:
-    """load_state_dict, raising a one-line CheckpointError that summarises any mismatch."""
-    own = module.state_dict()
-    problems = []
-    if missing := sorted(set(own) - set(state)):
-        problems.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-    if unexpected := sorted(set(state) - set(own)):
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if shapes:
-        k = shapes[0]
-        problems.append(f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint "
-                        f"{tuple(state[k].shape)} vs model {tuple(own[k].shape)})")  # fmt: skip
-    if problems:
-        raise CheckpointError(f"{what} does not fit this architecture: " + "; ".join(problems))
-    module.load_state_dict(state)
+# Checkpoint I/O lives in ddpm.checkpoint; these names stay importable from here.
+_read_checkpoint, _load_weights = read_checkpoint, load_weights
 
 
 def _check_arch(saved: dict, config: TrainConfig, path) -> None:
@@ -302,16 +330,97 @@ def _check_arch(saved: dict, config: TrainConfig, path) -> None:
         raise CheckpointError(f"checkpoint {path} is from another architecture: {'; '.join(diff)}")
 
 
+def _meta_model(config: TrainConfig) -> UNet:
+    """The model of ``config`` on PyTorch's meta device: its config and size, no memory."""
+    with torch.device("meta"):
+        return build_model(config)
+
+
 def load_model(path, *, ema: bool = True, device="cpu"):
     """(model, diffusion, config) from a checkpoint file or a run folder (its latest checkpoint).
 
-    ``ema=True`` loads the EMA weights, the ones the paper samples with. The model is in eval mode.
+    ``ema=True`` loads the EMA weights, the ones the paper samples with. The model is in eval
+    mode. A config whose model cannot fit in memory is refused before anything is allocated.
     """
-    ckpt = _read_checkpoint(path)
+    ckpt = read_checkpoint(path)
     config = TrainConfig.from_dict(ckpt["config"])
+    need = FLOAT * parameter_count(_meta_model(config).config)
+    for where in dict.fromkeys(["cpu", str(device)]):
+        check_fits(need, where, f"the model of checkpoint {path}",
+                   "it cannot be loaded on this machine")  # fmt: skip
     model = build_model(config)
-    _load_weights(model, ckpt["ema" if ema else "model"], f"checkpoint {path}")
+    load_weights(model, ckpt["ema" if ema else "model"], f"checkpoint {path}")
     return model.to(device).eval(), build_diffusion(config), config
+
+
+# ---------------------------------------------------------------------- the run folder
+def _notice(message: str) -> None:
+    print(f"ddpm: {message}", file=sys.stderr, flush=True)
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Delete a run's files (not the lock, nor anything else in the folder): its checkpoints,
+    sample grids, config and metrics."""
+    for folder, pattern in (("checkpoints", "ckpt_*.pt"), ("samples", "step_*.png")):
+        for p in (run_dir / folder).glob(pattern):
+            p.unlink(missing_ok=True)
+    for name in ("config.json", "metrics.csv"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _open_run(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
+    """Lock the run folder, then refuse an existing run (one with a checkpoint) unless
+    ``resume`` or ``overwrite`` (which deletes the old run whole), and remove what an
+    interrupted save left. Files of an attempt that never reached a checkpoint are cleared."""
+    check_output_path(run_dir / "config.json", "run folder")
+    lock = RunLock(run_dir).acquire()
+    try:
+        if lock.notice:
+            _notice(lock.notice)
+        last = latest_checkpoint(run_dir)
+        if last is not None and not resume:
+            if not overwrite:
+                raise RunFolderError(
+                    f"{run_dir} already holds a run (checkpoint at step {checkpoint_step(last)})"
+                    f"; continue it with --resume (resume=True) or replace it with --overwrite "
+                    f"(overwrite=True)"
+                )
+            _clear_run(run_dir)
+            _notice(f"--overwrite: deleted the old run in {run_dir} (it had reached step "
+                    f"{checkpoint_step(last)})")  # fmt: skip
+        elif last is None:
+            _clear_run(run_dir)  # no checkpoint: nothing to continue, nothing to mix with
+        orphans = remove_orphans(run_dir / "checkpoints")
+        if orphans:
+            mb = sum(size for _, size in orphans) / 1e6
+            _notice(f"removed {len(orphans)} unfinished checkpoint file(s) ({mb:.1f} MB) left by "
+                    f"an interrupted save: {', '.join(p.name for p, _ in orphans)}")  # fmt: skip
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _on_rank0(world: int, rank: int, fn):
+    """Run ``fn`` on rank 0 only; other ranks raise what it raised (as RunFolderError), so an
+    error there stops every rank instead of leaving them waiting. Returns fn's result on 0."""
+    result, message = None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except Exception as err:
+            if world == 1:
+                raise
+            message = str(err)
+            failure = err
+    if world > 1:
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            if rank == 0:
+                raise failure
+            raise RunFolderError(box[0])
+    return result
 
 
 # ---------------------------------------------------------------------- the loop
@@ -348,19 +457,232 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+@dataclass
+class _Run:
+    """Everything the loop changes, in one place. The counters are device tensors, read only
+    at logs and checkpoints, so the loop takes no host sync per step."""
+
+    config: TrainConfig
+    device: torch.device
+    world: int
+    rank: int
+    amp: str
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    data_gen: torch.Generator
+    noise_gen: torch.Generator
+    run_dir: Path
+    step: int = 0
+    wall0: float = 0.0  # wall time of the steps before this call (from the checkpoint)
+    start: float = 0.0  # perf_counter at the first step of this call
+    start_step: int = 0
+    loss_value: float = math.nan  # the mean loss of the last logging window
+    last_checkpoint: Path | None = None
+    counters: dict = field(default_factory=dict)  # loss_sum, n, skipped, first_bad, grad_norm
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wall(self) -> float:
+        return self.wall0 + time.perf_counter() - self.start
+
+    def reset_window(self) -> None:
+        z = dict(device=self.device)
+        self.counters = {"loss_sum": torch.zeros((), **z), "n": 0,
+                         "skipped": torch.zeros((), dtype=torch.long, **z),
+                         "first_bad": torch.full((), -1, dtype=torch.long, **z),
+                         "grad_norm": torch.zeros((), **z)}  # fmt: skip
+
+
+def _build(config: TrainConfig, device, world, rank, amp, run_dir) -> _Run:
+    torch.manual_seed(config.seed)  # model init: identical on every rank
+    model = build_model(config).to(device)
+    ema = build_model(config).to(device).eval().requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    # fused Adam takes GradScaler's found_inf flag: a skipped step leaves weights and moments
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    data_gen = torch.Generator().manual_seed(config.seed)  # indices and flips (CPU)
+    noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)  # t and eps
+    torch.manual_seed(config.seed + rank)  # dropout: per rank
+    return _Run(config, device, world, rank, amp, model, ema, optimizer, scaler, data_gen,
+                noise_gen, run_dir)  # fmt: skip
+
+
+def _restore(run: _Run, path: Path) -> None:
+    """Load a checkpoint into ``run``: weights, EMA, Adam (and GradScaler), step, RNG states."""
+    ckpt = read_checkpoint(path)
+    _check_arch(ckpt["config"], run.config, path)
+    load_weights(run.model, ckpt["model"], f"checkpoint {path}")
+    load_weights(run.ema, ckpt["ema"], f"checkpoint {path} (EMA)")
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if "scaler" in ckpt and run.amp == "fp16":
+        run.scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt["rng"]
+    r = run.rank if len(rng["cpu"]) == run.world else 0  # another world size: rank 0's states
+    torch.set_rng_state(rng["cpu"][r])
+    if run.device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"][r], run.device)
+    run.data_gen.set_state(rng["data"])
+    run.noise_gen.set_state(rng["noise"])
+    run.step, run.wall0 = int(ckpt["step"]), float(ckpt.get("wall_time", 0.0))
+    run.last_checkpoint = path
+
+
+def _train_step(run: _Run, net, diffusion, ds, autocast, part) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of Algorithm 1 on this rank's slice of the global batch. A step whose loss or
+    gradient norm is not finite changes nothing (weights, Adam, EMA) and is counted instead."""
+    c = run.config
+    # the global batch, identical on every rank; this rank keeps slice `part`
+    idx = torch.randperm(len(ds), generator=run.data_gen)[: c.batch_size]
+    x0 = ds.data[idx]
+    if ds.flip:
+        x0 = random_flip(x0, generator=run.data_gen)
+    t = torch.randint(0, c.timesteps, (c.batch_size,), generator=run.noise_gen, device=run.device)
+    shape = (c.batch_size, *ds.data.shape[1:])
+    noise = torch.randn(shape, generator=run.noise_gen, device=run.device)
+    idx, x0, t, noise = idx[part], x0[part].to(run.device), t[part], noise[part]
+
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(run.step + 1, c.lr, c.warmup_steps)
+    with autocast:
+        loss = diffusion.training_losses(net, x0, t=t, noise=noise).mean()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
+    max_norm = c.grad_clip if c.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
+    loss = loss.detach().float()
+    finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+    if run.scaler.is_enabled():  # fp16: GradScaler skips steps with inf/nan gradients itself
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        bad = ~torch.isfinite(loss)  # an overflowing scaled gradient is routine; a loss is not
+    else:
+        if run.optimizer.defaults.get("fused"):
+            run.optimizer.grad_scale, run.optimizer.found_inf = None, (~finite).float()
+            run.optimizer.step()
+        elif finite.item():  # a device without fused Adam (e.g. MPS): one sync per step
+            run.optimizer.step()
+        bad = ~finite
+    ema_update(run.ema, run.model, c.ema_decay, apply=finite)
+    run.step += 1
+
+    k = run.counters
+    k["loss_sum"] += loss
+    k["n"] += 1
+    k["skipped"] += bad
+    k["first_bad"] = torch.where(bad & (k["first_bad"] < 0), run.step, k["first_bad"])
+    k["grad_norm"] = grad_norm.detach().float()
+    return loss, idx
+
+
+def _check_health(run: _Run) -> None:
+    """Read the window's finiteness flags (one host sync) and stop with a one-line
+    DivergedError if any step was skipped or any weight is not finite. Called before every
+    log row, sample grid and checkpoint, so nothing non-finite is ever written."""
+    k = run.counters
+    weights = [p for m in (run.model, run.ema) for p in m.parameters()]
+    ok = torch.stack([torch.isfinite(p).all() for p in weights]).all()
+    flags = torch.stack([k["skipped"].float(), k["first_bad"].float(), (~ok).float()])
+    if run.world > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    skipped, first_bad, bad_weights = flags.tolist()
+    if skipped == 0 and bad_weights == 0:
+        return
+    where = f"at step {int(first_bad)}" if first_bad >= 0 else f"by step {run.step}"
+    kept = (f"the last good checkpoint {run.last_checkpoint} is kept" if run.last_checkpoint
+            else "no checkpoint was written")  # fmt: skip
+    raise DivergedError(
+        f"training diverged {where}: the loss, a gradient or a weight is not finite (nan or "
+        f"inf); the learning rate is likely too high (lr = {run.config.lr:g}: lower it); {kept}"
+    )
+
+
+def _log(run: _Run, metrics: Path, bar) -> None:
+    k = run.counters
+    mean = k["loss_sum"] / max(k["n"], 1)
+    if run.world > 1:  # SUM, not AVG: gloo has no AVG
+        dist.all_reduce(mean)
+    run.loss_value = float(mean) / run.world
+    rate = (run.step - run.start_step) / max(time.perf_counter() - run.start, 1e-9)
+    if run.main:
+        row = [run.step, run.loss_value, run.optimizer.param_groups[0]["lr"],
+               float(k["grad_norm"]), rate, run.wall()]  # fmt: skip
+        with metrics.open("a", newline="") as f:
+            csv.writer(f).writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+        bar.set_postfix(loss=f"{run.loss_value:.4f}")
+
+
+def _save_checkpoint(run: _Run) -> Path:
+    """Write ``ckpt_STEP.pt`` atomically (rank 0), then rotate; every rank must call it (the RNG
+    states are gathered). A failed write keeps the previous checkpoint and says so."""
+    rng = {"data": run.data_gen.get_state(), "noise": run.noise_gen.get_state()}
+    rng.update(_gather_rng(run.device, run.world))  # a collective: every rank calls it
+    path = checkpoint_path(run.run_dir, run.step)
+    if not run.main:
+        return path
+    state = {"format_version": FORMAT_VERSION, "model": run.model.state_dict(),
+             "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict(),
+             "step": run.step, "config": run.config.to_dict(), "rng": rng,
+             "wall_time": run.wall(), "loss": run.loss_value}  # fmt: skip
+    if run.amp == "fp16":
+        state["scaler"] = run.scaler.state_dict()
+    try:
+        atomic_save(state, path)
+    except OSError as err:
+        kept = (f"the previous checkpoint {run.last_checkpoint.name} is kept"
+                if run.last_checkpoint else "no earlier checkpoint exists")  # fmt: skip
+        raise CheckpointError(os_error_message(err, f"write checkpoint {path}") + f"; {kept}"
+                              ) from None  # fmt: skip
+    rotate(path.parent, run.config.keep_last, keep=path)
+    run.last_checkpoint = path
+    return path
+
+
+def _save_samples(run: _Run, diffusion) -> Path:
+    c, cfg = run.ema.config, run.config
+    gen = torch.Generator(device=run.device).manual_seed(cfg.seed)  # same x_T every time
+    shape = (cfg.sample_count, c.in_channels, c.image_size, c.image_size)
+    x = diffusion.ddim_sample(run.ema, shape, steps=min(cfg.sample_steps, cfg.timesteps),
+                              generator=gen, progress=False)  # fmt: skip
+    return _save_grid(x, run.run_dir / "samples" / f"step_{run.step:07d}.png", c.image_size)
+
+
+def _check_memory(config: TrainConfig, device: torch.device, world: int) -> None:
+    """Refuse, before loading data or building the model, a run that cannot fit in memory."""
+    unet = _meta_model(config).config
+    need = training_bytes(unet, config.batch_size // world)
+    check_fits(need, device, f"training {config.model} at image size {unet.image_size} with "
+               f"batch {config.batch_size}", "use a smaller batch_size (--batch-size), "
+               "image_size (--image-size) or model")  # fmt: skip
+
+
 def train(
     config: TrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     on_step: Callable[[int, dict], None] | None = None,
 ) -> TrainResult:
     """Train with L_simple (eq. 14, Algorithm 1) until ``config.steps`` steps are done.
 
-    ``resume=True`` continues from the run folder's latest checkpoint (if any): its architecture
-    fields must match ``config``; the rest (e.g. ``steps``) may change. ``on_step(step, info)``
-    is called after every step with ``info = {"loss", "indices"}`` (this rank's dataset indices).
+    The run folder is locked for the whole call (a second training into it fails at once).
+    An existing run there is refused unless ``resume=True``, which continues from its latest
+    checkpoint (if any; its architecture fields must match ``config``, the rest, e.g. ``steps``,
+    may change), or ``overwrite=True``, which deletes the old run first. ``on_step(step, info)``
+    is called after every step with ``info = {"loss", "indices"}`` (this rank's dataset
+    indices). A non-finite loss, gradient or weight stops the run with a one-line
+    ``DivergedError`` at the next log or checkpoint, before anything is written.
     """
+    config.validate()
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
     # --- distributed setup: torchrun sets WORLD_SIZE, RANK, LOCAL_RANK
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -368,167 +690,100 @@ def train(
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    own_group = world > 1 and not dist.is_initialized()
-    if own_group:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
     amp = _resolve_amp(config.amp, device)
-    main = rank == 0
+    _check_memory(config, device, world)
+    own_group = world > 1 and not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    run_dir = Path(config.run_dir) if config.run_dir else data_dir("runs") / config.name
+    created = not run_dir.exists()
+    lock = _on_rank0(world, rank, lambda: _open_run(run_dir, resume, overwrite))
+    try:
+        return _train(config, resume, progress, on_step, world, rank, device, amp, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+            if created:  # a run that failed before writing anything leaves no empty folder
+                with suppress(OSError):
+                    run_dir.rmdir()
+        if own_group:
+            dist.destroy_process_group()
 
-    # --- data, model, diffusion, optimizer
+
+def _train(config, resume, progress, on_step, world, rank, device, amp, run_dir) -> TrainResult:
+    # --- data, model, diffusion, optimizer; the state of a checkpoint when resuming
     ds = load_dataset(config.dataset, image_size=config.image_size, flip=config.flip)
     if config.batch_size > len(ds):
         raise ValueError(
             f"batch_size {config.batch_size} is larger than the {config.dataset} training set "
             f"({len(ds)} images); use a batch of at most {len(ds)}"
         )
-    torch.manual_seed(config.seed)  # model init: identical on every rank
-    model = build_model(config).to(device)
-    ema = build_model(config).to(device).eval().requires_grad_(False)
-    ema.load_state_dict(model.state_dict())
+    run = _build(config, device, world, rank, amp, run_dir)
     diffusion = build_diffusion(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
-    data_gen = torch.Generator().manual_seed(config.seed)  # indices and flips (CPU)
-    noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)  # t and eps
-    torch.manual_seed(config.seed + rank)  # dropout: per rank
-
-    run_dir = Path(config.run_dir) if config.run_dir else data_dir("runs", config.name)
-    ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
-    metrics = run_dir / "metrics.csv"
-    step, wall0 = 0, 0.0
     last = latest_checkpoint(run_dir) if resume else None
     if last is not None:
-        ckpt = _read_checkpoint(last)
-        _check_arch(ckpt["config"], config, last)
-        _load_weights(model, ckpt["model"], f"checkpoint {last}")
-        _load_weights(ema, ckpt["ema"], f"checkpoint {last} (EMA)")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if "scaler" in ckpt and amp == "fp16":
-            scaler.load_state_dict(ckpt["scaler"])
-        rng = ckpt["rng"]
-        r = rank if len(rng["cpu"]) == world else 0  # another world size: rank 0's states
-        torch.set_rng_state(rng["cpu"][r])
-        if device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"][r], device)
-        data_gen.set_state(rng["data"])
-        noise_gen.set_state(rng["noise"])
-        step, wall0 = int(ckpt["step"]), float(ckpt.get("wall_time", 0.0))
-    if main:
-        for d in (ckpt_dir, sample_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        _reset_metrics(metrics, step)
+        _restore(run, last)
+    metrics = run_dir / "metrics.csv"
+    if run.main:
+        for d in ("checkpoints", "samples"):
+            (run_dir / d).mkdir(parents=True, exist_ok=True)
+        atomic_write(
+            run_dir / "config.json",
+            lambda f: f.write((json.dumps(config.to_dict(), indent=2) + "\n").encode()),
+        )
+        _reset_metrics(metrics, run.step)
 
-    net = model
+    net = run.model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            run.model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if config.compile:
         net = torch.compile(net)
     half = torch.bfloat16 if amp == "bf16" else torch.float16
     autocast = torch.autocast(device.type, dtype=half) if amp != "off" else nullcontext()
 
-    def save_checkpoint() -> Path:
-        rng = {"data": data_gen.get_state(), "noise": noise_gen.get_state()}
-        rng.update(_gather_rng(device, world))  # a collective: every rank calls it
-        if not main:
-            return ckpt_dir / f"ckpt_{step:07d}.pt"
-        state = {"model": model.state_dict(), "ema": ema.state_dict(),
-                 "optimizer": optimizer.state_dict(), "step": step, "config": config.to_dict(),
-                 "rng": rng, "wall_time": wall, "loss": loss_value}  # fmt: skip
-        if amp == "fp16":
-            state["scaler"] = scaler.state_dict()
-        path = ckpt_dir / f"ckpt_{step:07d}.pt"
-        _atomic_save(state, path)
-        old = sorted(ckpt_dir.glob("ckpt_*.pt"), key=checkpoint_step)
-        for p in old[: max(0, len(old) - config.keep_last)]:
-            p.unlink()
-        return path
-
-    def save_samples() -> Path:
-        gen = torch.Generator(device=device).manual_seed(config.seed)  # same x_T every time
-        c = ema.config
-        shape = (config.sample_count, c.in_channels, c.image_size, c.image_size)
-        steps = min(config.sample_steps, config.timesteps)
-        x = diffusion.ddim_sample(ema, shape, steps=steps, generator=gen, progress=False)
-        return _save_grid(x, sample_dir / f"step_{step:07d}.png", c.image_size)
-
     # --- Algorithm 1: repeat { x0 ~ q(x0); t ~ U; eps ~ N(0, I); step on |eps - eps_theta|^2 }
     local = config.batch_size // world
     part = slice(rank * local, (rank + 1) * local)
-    n_data, shape = len(ds), tuple(ds.data.shape[1:])
-    result = TrainResult(run_dir, step, math.nan, last, metrics, [])
-    loss_sum, n_sum, loss_value, grad_norm = 0.0, 0, math.nan, math.nan
-    start, start_step, wall = time.perf_counter(), step, wall0
+    result = TrainResult(run_dir, run.step, math.nan, last, metrics, [])
+    run.start, run.start_step = time.perf_counter(), run.step
+    run.reset_window()
     bar = progress_bar(
-        total=config.steps, initial=step, desc="train", disable=not (progress and main)
+        total=config.steps, initial=run.step, desc="train", disable=not (progress and run.main)
     )
-    model.train()
+    run.model.train()
     with _StopFlag() as flag:
-        while step < config.steps:
-            # the global batch, identical on every rank; this rank keeps slice `part`
-            idx = torch.randperm(n_data, generator=data_gen)[: config.batch_size]
-            x0 = ds.data[idx]
-            if ds.flip:
-                x0 = random_flip(x0, generator=data_gen)
-            t = torch.randint(0, config.timesteps, (config.batch_size,), generator=noise_gen,
-                              device=device)  # fmt: skip
-            noise = torch.randn((config.batch_size, *shape), generator=noise_gen, device=device)
-            idx, x0, t, noise = idx[part], x0[part].to(device), t[part], noise[part]
-
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step + 1, config.lr, config.warmup_steps)
-            with autocast:
-                loss = diffusion.training_losses(net, x0, t=t, noise=noise).mean()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            ema_update(ema, model, config.ema_decay)
-            step += 1
+        while run.step < config.steps:
+            loss, idx = _train_step(run, net, diffusion, ds, autocast, part)
             bar.update(1)
-
-            loss_sum, n_sum = loss_sum + loss.detach().float(), n_sum + 1
             if on_step is not None:
-                on_step(step, {"loss": loss.item(), "indices": idx})
+                on_step(run.step, {"loss": loss.item(), "indices": idx})
             stop = flag.stop
             if world > 1:  # every rank must stop at the same step
                 s = torch.tensor([float(stop)], device=device)
                 dist.all_reduce(s, op=dist.ReduceOp.MAX)
                 stop = bool(s.item())
-            done = step == config.steps or stop
-            if _every(step, config.log_every) or done:
-                mean = torch.as_tensor(loss_sum / n_sum, device=device)
-                if world > 1:  # SUM, not AVG: gloo has no AVG
-                    dist.all_reduce(mean)
-                loss_value, loss_sum, n_sum = float(mean) / world, 0.0, 0
-                wall = wall0 + time.perf_counter() - start
-                rate = (step - start_step) / max(time.perf_counter() - start, 1e-9)
-                if main:
-                    row = [step, loss_value, optimizer.param_groups[0]["lr"], float(grad_norm),
-                           rate, wall]  # fmt: skip
-                    with metrics.open("a", newline="") as f:
-                        csv.writer(f).writerow([f"{v:.6g}" if isinstance(v, float) else v
-                                                for v in row])  # fmt: skip
-                    bar.set_postfix(loss=f"{loss_value:.4f}")
-            if config.sample_every > 0 and main and (step % config.sample_every == 0 or done):
-                result.samples.append(save_samples())
-            if _every(step, config.ckpt_every) or done:
-                wall = wall0 + time.perf_counter() - start
-                result.checkpoint = save_checkpoint()
+            done = run.step == config.steps or stop
+            log = _every(run.step, config.log_every) or done
+            sample = config.sample_every > 0 and (run.step % config.sample_every == 0 or done)
+            ckpt = _every(run.step, config.ckpt_every) or done
+            if log or sample or ckpt:
+                _check_health(run)  # before anything is written
+            if log:
+                _log(run, metrics, bar)
+                run.reset_window()
+            if sample and run.main:
+                result.samples.append(_save_samples(run, diffusion))
+            if ckpt:
+                result.checkpoint = _save_checkpoint(run)
             if stop:
                 result.interrupted = True
                 break
     bar.close()
-    result.step, result.loss = step, loss_value
-    if own_group:
-        dist.destroy_process_group()
+    result.step, result.loss = run.step, run.loss_value
     return result
 
 
@@ -542,8 +797,13 @@ def _reset_metrics(path: Path, step: int) -> None:
     if step > 0 and path.exists():
         with path.open(newline="") as f:
             rows = [r for r in list(csv.reader(f))[1:] if r and int(r[0]) <= step]
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows([METRICS_HEADER, *rows])
+
+    def write(f) -> None:
+        text = io.StringIO()
+        csv.writer(text).writerows([METRICS_HEADER, *rows])
+        f.write(text.getvalue().encode())
+
+    atomic_write(path, write)
 
 
 def _save_grid(x: torch.Tensor, path: Path, image_size: int) -> Path:

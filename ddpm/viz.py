@@ -20,16 +20,15 @@ matplotlib and Pillow are imported only inside the functions that need them.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from .checkpoint import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.animation import FuncAnimation
@@ -146,23 +145,6 @@ def _upscale(img: np.ndarray, scale: int) -> np.ndarray:
     return img.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else img
 
 
-def _atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path``, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; figures are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_image_grid(
     x, path, nrow: int | None = None, scale: int = 1, padding: int = 1, pad_value: float = 1.0
 ) -> Path:
@@ -174,7 +156,7 @@ def save_image_grid(
 
     grid = _upscale(make_grid(x, nrow, padding, pad_value), scale)
     image = Image.fromarray(grid)
-    return _atomic_write(path, lambda f: image.save(f, format="PNG"))
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 # ---------------------------------------------------------------------- matplotlib figures
@@ -341,7 +323,7 @@ def save_figure(fig: Figure, path, dpi: int = 150) -> Path:
 
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
     try:
-        return _atomic_write(
+        return atomic_write(
             path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight")
         )
     finally:
@@ -445,4 +427,4 @@ def save_gif(
     options = {"save_all": True, "append_images": images[1:], "duration": duration_ms}
     if loop is not None:
         options["loop"] = loop
-    return _atomic_write(path, lambda f: images[0].save(f, format="GIF", **options))
+    return atomic_write(path, lambda f: images[0].save(f, format="GIF", **options))
