@@ -1,6 +1,7 @@
 """The `ddpm` command line: `ddpm train | sample | interpolate | evaluate` (or `python -m ddpm`).
 
-``ddpm train`` alone trains the quick ``digits`` preset on the CPU; the other commands read a
+``ddpm train`` alone trains the quick ``digits`` preset (``--device auto``: on CUDA, else MPS, else
+the CPU); the other commands read a
 checkpoint that training wrote. Bad arguments end with a one-line message and a non-zero exit
 status, never a traceback.
 """
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("train", help="train a model (default: the quick digits preset, on CPU)")
+    p = sub.add_parser("train", help="train a model (default: the quick digits preset)")
     p.add_argument("--preset", default="digits", help="training preset: digits, mnist, cifar10")
     p.add_argument("--dataset", help="dataset (digits, mnist, fashion-mnist, cifar10, folder:PATH)")
     p.add_argument("--name", help="run name: the run folder is data/runs/NAME (default: the "
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta-start", type=_beta, help="linear schedule: beta_1 (for T = 1000)")
     p.add_argument("--beta-end", type=_beta, help="linear schedule: beta_T (for T = 1000)")
     p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision")
     p.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
     p.add_argument("--run-dir", type=Path, help="where to write checkpoints, logs and samples")
@@ -105,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="a checkpoint file or a run folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (cpu)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA, else MPS, else CPU; the default), cpu, cuda, cuda:1, "
+                   "mps")  # fmt: skip
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
 
 
@@ -152,13 +155,15 @@ def cmd_train(args) -> int:
 def _load(args):
     import torch
 
+    from .device import resolve_device
     from .train import load_model
 
     if not args.checkpoint.exists():
         raise FileNotFoundError(f"no checkpoint or run folder at {args.checkpoint}")
-    model, diffusion, config = load_model(args.checkpoint, ema=not args.no_ema, device=args.device)
+    device = resolve_device(args.device)
+    model, diffusion, config = load_model(args.checkpoint, ema=not args.no_ema, device=device)
     model.eval()
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
     return model, diffusion, config, generator
 
 

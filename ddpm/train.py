@@ -18,9 +18,9 @@ Run folder (``config.run_dir``, default ``data_dir("runs", config.name)``)::
                                       the one ``resume=True`` and ``load_model(run_dir)`` use
 
 Exact resume: a checkpoint holds the model, the EMA, Adam (and GradScaler) state, the step and
-every RNG state the loop uses (the torch CPU / CUDA RNGs, which only dropout draws from; the data
-generator; the noise generator), so training N steps and resuming to 2N gives the weights of 2N
-uninterrupted steps. Checkpoints load with ``torch.load(weights_only=True)``.
+every RNG state the loop uses (the torch CPU / CUDA / MPS RNGs, which only dropout draws from;
+the data generator; the noise generator), so training N steps and resuming to 2N gives the
+weights of 2N uninterrupted steps. Checkpoints load with ``torch.load(weights_only=True)``.
 
 Distributed: under ``torchrun`` (WORLD_SIZE > 1) every rank draws the *same* global batch of
 indices, flips, steps t and noise eps from identically seeded generators and keeps its slice
@@ -44,7 +44,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -53,6 +53,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .data import dataset_info, load_dataset, random_flip
+from .device import amp_context, grad_scaler, maybe_compile, resolve_amp, resolve_device
 from .diffusion import GaussianDiffusion
 from .paths import data_dir
 from .schedules import get_beta_schedule, linear_beta_schedule
@@ -98,7 +99,7 @@ class TrainConfig:
     amp: str = "auto"  # "auto" | "bf16" | "fp16" | "off"
     compile: bool = False  # torch.compile the training forward
     seed: int = 0
-    device: str = "auto"  # "auto": CUDA if available, else CPU
+    device: str = "auto"  # "auto": CUDA, else MPS (Apple silicon), else CPU; or "cpu", "cuda:1"...
     log_every: int = 100  # 0: log only at the end
     sample_every: int = 5000  # EMA sample grid every this many steps (and at the end); 0: never
     sample_count: int = 64
@@ -209,25 +210,6 @@ def build_diffusion(config: TrainConfig) -> GaussianDiffusion:
     return GaussianDiffusion(betas, config.model_mean_type, config.model_var_type)
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _resolve_amp(amp: str, device: torch.device) -> str:
-    """ "auto": bf16 on CUDA with bf16 support, fp16 (+ GradScaler) on other CUDA, off elsewhere."""
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
-    if amp == "auto":
-        if device.type != "cuda":
-            return "off"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp='fp16' needs CUDA; use 'bf16' or 'off' on this device")
-    return amp
-
-
 # ---------------------------------------------------------------------- checkpoints
 def checkpoint_step(path: Path) -> int:
     """The step in a checkpoint's file name (``ckpt_0001400.pt`` -> 1400); -1 for other names."""
@@ -320,6 +302,8 @@ def _gather_rng(device: torch.device, world: int) -> dict[str, torch.Tensor]:
     states = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        states["mps"] = torch.mps.get_rng_state()
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, states)
@@ -364,7 +348,10 @@ def train(
     # --- distributed setup: torchrun sets WORLD_SIZE, RANK, LOCAL_RANK
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
+    if world > 1 and device.type == "mps":
+        raise ValueError("torchrun: DDP has no MPS backend; on Apple silicon train in one process "
+                         "(without torchrun)")  # fmt: skip
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -373,7 +360,7 @@ def train(
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
-    amp = _resolve_amp(config.amp, device)
+    amp = resolve_amp(config.amp, device)
     main = rank == 0
 
     # --- data, model, diffusion, optimizer
@@ -389,7 +376,7 @@ def train(
     ema.load_state_dict(model.state_dict())
     diffusion = build_diffusion(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    scaler = grad_scaler(amp, device)
     data_gen = torch.Generator().manual_seed(config.seed)  # indices and flips (CPU)
     noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)  # t and eps
     torch.manual_seed(config.seed + rank)  # dropout: per rank
@@ -412,6 +399,8 @@ def train(
         torch.set_rng_state(rng["cpu"][r])
         if device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"][r], device)
+        elif device.type == "mps" and "mps" in rng:
+            torch.mps.set_rng_state(rng["mps"][r])
         data_gen.set_state(rng["data"])
         noise_gen.set_state(rng["noise"])
         step, wall0 = int(ckpt["step"]), float(ckpt.get("wall_time", 0.0))
@@ -427,9 +416,8 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if config.compile:
-        net = torch.compile(net)
-    half = torch.bfloat16 if amp == "bf16" else torch.float16
-    autocast = torch.autocast(device.type, dtype=half) if amp != "off" else nullcontext()
+        net = maybe_compile(net)  # eager, with a one-line notice, where compilation fails
+    autocast = amp_context(amp, device)
 
     def save_checkpoint() -> Path:
         rng = {"data": data_gen.get_state(), "noise": noise_gen.get_state()}
