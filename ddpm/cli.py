@@ -1,9 +1,8 @@
 """The `ddpm` command line: `ddpm train | sample | interpolate | evaluate` (or `python -m ddpm`).
 
 ``ddpm train`` alone trains the quick ``digits`` preset (``--device auto``: on CUDA, else MPS, else
-the CPU); the other commands read a
-checkpoint that training wrote. Bad arguments end with a one-line message and a non-zero exit
-status, never a traceback.
+the CPU); the other commands read a checkpoint that training wrote. Bad arguments end with a
+one-line message and a non-zero exit status, never a traceback.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ every GPU does, when a device tensor meets a CPU tensor that is not a scalar.
 """
 
 import math
+import os
 
 import pytest
 import torch
@@ -475,6 +476,30 @@ def test_inductor_without_a_cxx_compiler_falls_back(monkeypatch, capsys):
     assert torch.equal(out, fn(x)) and not net.compiled
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "torch.compile failed (" in err and "C++ compiler" in err
+
+
+@pytest.mark.skipif(
+    os.environ.get("DDPM_COMPILE_TESTS") != "1",
+    reason="slow: compiles the digits UNet with inductor (DDPM_COMPILE_TESTS=1 runs it)",
+)
+def test_the_digits_unet_compiles_for_real(capsys):
+    """Where a C++ compiler exists, compilation works and computes the eager function. Inductor
+    fuses and reorders float32 operations: each of the ~20 layers sums at most a few hundred
+    terms (rounding ~sqrt(n) * 6e-8), so outputs of order 1 agree to well within 1e-4."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = UNet.from_preset("digits").eval()
+    net = D.maybe_compile(model)
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 500, 999])
+    try:
+        with torch.no_grad():
+            got, want = net(x, t), model(x, t)
+    finally:
+        torch._dynamo.reset()
+    assert net.compiled and capsys.readouterr().err == ""
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 # ====================================================================== wiring
