@@ -1,8 +1,8 @@
 """The `ddpm` command line: `ddpm train | sample | interpolate | evaluate` (or `python -m ddpm`).
 
-``ddpm train`` alone trains the quick ``digits`` preset on the CPU; the other commands read a
-checkpoint that training wrote. Bad arguments end with a one-line message and a non-zero exit
-status, never a traceback.
+``ddpm train`` alone trains the quick ``digits`` preset (``--device auto``: on CUDA, else MPS, else
+the CPU); the other commands read a checkpoint that training wrote. Bad arguments end with a
+one-line message and a non-zero exit status, never a traceback.
 """
 
 from __future__ import annotations
@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="a checkpoint file or a run folder")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (cpu)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA, else MPS, else CPU; the default), cpu, cuda, cuda:1, "
+                   "mps")  # fmt: skip
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
 
 
@@ -187,8 +189,7 @@ def cmd_train(args) -> int:
         overrides["name"] = name
     config = preset_config(args.preset, **overrides).validate()
     _check_linear_schedule(config)
-    if config.device != "auto":
-        _check_device(config.device)
+    _check_device(config.device)
     progress = sys.stderr.isatty()  # a progress bar only where someone watches it
     result = train(config, resume=args.resume, overwrite=args.overwrite, progress=progress)
     state = "interrupted at" if result.interrupted else "finished at"
@@ -222,10 +223,10 @@ def _load(args):
 
     if not args.checkpoint.exists():
         raise FileNotFoundError(f"no checkpoint or run folder at {args.checkpoint}")
-    _check_device(args.device)
-    model, diffusion, config = load_model(args.checkpoint, ema=not args.no_ema, device=args.device)
+    device = _check_device(args.device)
+    model, diffusion, config = load_model(args.checkpoint, ema=not args.no_ema, device=device)
     model.eval()
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
     return model, diffusion, config, generator
 
 
@@ -239,21 +240,14 @@ def _write(path, save) -> None:
         raise ValueError(os_error_message(err, f"write {path}")) from None
 
 
-def _check_device(name: str) -> None:
-    """A one-line error for a device name torch does not know or cannot use here."""
-    import torch
+def _check_device(name: str):
+    """``resolve_device``, its one-line error naming the ``--device`` option."""
+    from .device import resolve_device
 
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda, cuda:1, ...") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"--device {name}: CUDA is not available on this machine; use --device cpu"
-        )
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
-                         f"device(s)")  # fmt: skip
+        return resolve_device(name)
+    except ValueError as err:
+        raise ValueError(f"--device: {err}") from None
 
 
 def _check_sampling_memory(model, num: int, device, option: str) -> None:

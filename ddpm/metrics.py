@@ -132,14 +132,15 @@ def bits_per_dim(
     try:
         starts = range(0, n, batch_size)
         for s in tqdm(starts, desc="bits/dim", disable=not progress, unit="batch"):
-            xb = x[s : s + batch_size].to(device=device, dtype=torch.float32)
+            xb = x[s : s + batch_size].to(torch.float32).to(device)  # MPS holds no float64
             out = diffusion.vlb_terms(
                 model, xb, clip_denoised=clip_denoised, decoder=decoder, generator=generator
             )
-            per_image.append(out["total_bpd"].double().cpu())
-            prior_sum += float(out["prior_bpd"].double().sum())
-            terms = out["terms_bpd"].double().sum(dim=0).cpu()
-            mse = out["x0_mse"].double().sum(dim=0).cpu()
+            out = {k: v.cpu().double() for k, v in out.items()}  # sums in float64, on the CPU
+            per_image.append(out["total_bpd"])
+            prior_sum += float(out["prior_bpd"].sum())
+            terms = out["terms_bpd"].sum(dim=0)
+            mse = out["x0_mse"].sum(dim=0)
             terms_sum = terms if terms_sum is None else terms_sum + terms
             mse_sum = mse if mse_sum is None else mse_sum + mse
     finally:

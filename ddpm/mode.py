@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .device import resolve_device
 from .paths import data_dir
 from .train import (
     ARCH_FIELDS,
@@ -54,7 +55,7 @@ FULL_DATASETS = {
 class Mode:
     """What a chapter runs on: ``name`` is "quick" or "full"; ``dataset`` a load_dataset name;
     ``preset`` the training preset (ddpm.train.PRESETS) with ``overrides``; ``device`` the torch
-    device to use (CUDA when available, else CPU)."""
+    device to use (CUDA when available, else MPS on Apple silicon, else CPU)."""
 
     name: str
     dataset: str
@@ -85,7 +86,7 @@ def current_mode(name: str | None = None, dataset: str | None = None) -> Mode:
         raise ValueError(
             f"{MODE_ENV}={name!r} is not a mode; set it to 'quick' (the default) or 'full'"
         )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     if name == "quick":
         if dataset not in (None, "digits"):
             raise ValueError(f"quick mode uses the digits dataset, not {dataset!r}; "

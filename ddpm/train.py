@@ -31,9 +31,9 @@ first; a skipped step or a non-finite weight stops the run with a one-line ``Div
 naming the step, and nothing is written.
 
 Exact resume: a checkpoint holds the model, the EMA, Adam (and GradScaler) state, the step and
-every RNG state the loop uses (the torch CPU / CUDA RNGs, which only dropout draws from; the data
-generator; the noise generator), so training N steps and resuming to 2N gives the weights of 2N
-uninterrupted steps. Checkpoints load with ``torch.load(weights_only=True)``.
+every RNG state the loop uses (the torch CPU / CUDA / MPS RNGs, which only dropout draws from;
+the data generator; the noise generator), so training N steps and resuming to 2N gives the
+weights of 2N uninterrupted steps. Checkpoints load with ``torch.load(weights_only=True)``.
 
 Distributed: under ``torchrun`` (WORLD_SIZE > 1) every rank draws the *same* global batch of
 indices, flips, steps t and noise eps from identically seeded generators and keeps its slice
@@ -57,7 +57,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -82,6 +82,7 @@ from .checkpoint import (
     rotate,
 )
 from .data import dataset_info, load_dataset, random_flip
+from .device import amp_context, grad_scaler, maybe_compile, resolve_amp, resolve_device
 from .diffusion import GaussianDiffusion
 from .memory import FLOAT, check_fits, parameter_count, training_bytes
 from .paths import data_dir
@@ -162,7 +163,8 @@ class TrainConfig:
     amp: str = _field("auto", "mixed precision: auto, bf16, fp16, off")
     compile: bool = _field(False, "torch.compile the training forward")
     seed: int = _field(0, "random seed", _SEED)
-    device: str = _field("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...")
+    device: str = _field("auto", "auto (CUDA, else MPS on Apple silicon, else CPU), cpu, cuda, "
+                         "cuda:1, mps")  # fmt: skip
     log_every: int = _field(100, "log a metrics row every this many steps; 0: only at the end",
                             _NONNEGATIVE_INT)  # fmt: skip
     sample_every: int = _field(5000, "EMA sample grid every this many steps (and at the end); "
@@ -299,25 +301,6 @@ def build_diffusion(config: TrainConfig) -> GaussianDiffusion:
     return GaussianDiffusion(betas, config.model_mean_type, config.model_var_type)
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _resolve_amp(amp: str, device: torch.device) -> str:
-    """ "auto": bf16 on CUDA with bf16 support, fp16 (+ GradScaler) on other CUDA, off elsewhere."""
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
-    if amp == "auto":
-        if device.type != "cuda":
-            return "off"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp='fp16' needs CUDA; use 'bf16' or 'off' on this device")
-    return amp
-
-
 # ---------------------------------------------------------------------- checkpoints
 # Checkpoint I/O lives in ddpm.checkpoint; these names stay importable from here.
 _read_checkpoint, _load_weights = read_checkpoint, load_weights
@@ -429,6 +412,8 @@ def _gather_rng(device: torch.device, world: int) -> dict[str, torch.Tensor]:
     states = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        states["mps"] = torch.mps.get_rng_state()
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, states)
@@ -505,7 +490,7 @@ def _build(config: TrainConfig, device, world, rank, amp, run_dir) -> _Run:
     # fused Adam takes GradScaler's found_inf flag: a skipped step leaves weights and moments
     fused = device.type in ("cpu", "cuda")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    scaler = grad_scaler(amp, device)
     data_gen = torch.Generator().manual_seed(config.seed)  # indices and flips (CPU)
     noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)  # t and eps
     torch.manual_seed(config.seed + rank)  # dropout: per rank
@@ -527,6 +512,8 @@ def _restore(run: _Run, path: Path) -> None:
     torch.set_rng_state(rng["cpu"][r])
     if run.device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"][r], run.device)
+    elif run.device.type == "mps" and "mps" in rng:
+        torch.mps.set_rng_state(rng["mps"][r])
     run.data_gen.set_state(rng["data"])
     run.noise_gen.set_state(rng["noise"])
     run.step, run.wall0 = int(ckpt["step"]), float(ckpt.get("wall_time", 0.0))
@@ -686,13 +673,16 @@ def train(
     # --- distributed setup: torchrun sets WORLD_SIZE, RANK, LOCAL_RANK
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
+    if world > 1 and device.type == "mps":
+        raise ValueError("torchrun: DDP has no MPS backend; on Apple silicon train in one process "
+                         "(without torchrun)")  # fmt: skip
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
-    amp = _resolve_amp(config.amp, device)
+    amp = resolve_amp(config.amp, device)
     _check_memory(config, device, world)
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
@@ -741,9 +731,8 @@ def _train(config, resume, progress, on_step, world, rank, device, amp, run_dir)
             run.model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if config.compile:
-        net = torch.compile(net)
-    half = torch.bfloat16 if amp == "bf16" else torch.float16
-    autocast = torch.autocast(device.type, dtype=half) if amp != "off" else nullcontext()
+        net = maybe_compile(net)  # eager, with a one-line notice, where compilation fails
+    autocast = amp_context(amp, device)
 
     # --- Algorithm 1: repeat { x0 ~ q(x0); t ~ U; eps ~ N(0, I); step on |eps - eps_theta|^2 }
     local = config.batch_size // world

@@ -14,6 +14,7 @@ import torch
 from test_data import write_mnist
 
 from ddpm import mode as M
+from ddpm.device import resolve_device
 from ddpm.train import CheckpointError, TrainResult, preset_config
 from ddpm.unet import UNet
 
@@ -69,7 +70,7 @@ def test_quick_is_the_default():
     assert (mode.name, mode.dataset, mode.preset, mode.overrides) == ("quick", "digits",
                                                                       "digits", ())  # fmt: skip
     assert mode.quick
-    want = "cuda" if torch.cuda.is_available() else "cpu"
+    want = resolve_device("auto").type  # CUDA, else MPS, else CPU (tests/test_device.py)
     assert mode.device.type == want
     assert str(mode) == f"quick mode: dataset digits, preset digits, on {want}"
 
