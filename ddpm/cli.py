@@ -250,9 +250,10 @@ def _check_device(name: str):
         raise ValueError(f"--device: {err}") from None
 
 
-def _check_sampling_memory(model, num: int, device, option: str) -> None:
+def _check_sampling_memory(model, num: int, option: str) -> None:
     from .memory import check_fits, sampling_bytes
 
+    device = next(model.parameters()).device
     need = sampling_bytes(model.config, num)
     check_fits(need, device, f"{option} {num}", f"use a smaller {option}")
 
@@ -282,7 +283,7 @@ def cmd_sample(args) -> int:
     model, diffusion, _, generator = _load(args)
     if args.sampler == "ddim" and args.ddim_steps > diffusion.num_timesteps:
         raise ValueError(f"--ddim-steps must be at most T = {diffusion.num_timesteps}")
-    _check_sampling_memory(model, args.num, args.device, "--num")
+    _check_sampling_memory(model, args.num, "--num")
     shape = _image_shape(model, args.num)
     clip = not args.no_clip
     if args.sampler == "ddim":
@@ -373,7 +374,7 @@ def cmd_evaluate(args) -> int:
 
     model, diffusion, config, generator = _load(args)
     if args.num is not None:
-        _check_sampling_memory(model, args.num, args.device, "--num")
+        _check_sampling_memory(model, args.num, "--num")
     test = load_dataset(config.dataset, "test", image_size=config.image_size)
     train_set = load_dataset(config.dataset, "train", image_size=config.image_size)
     bpd = bits_per_dim(diffusion, model, test.data, max_images=args.bpd_images)
