@@ -98,9 +98,13 @@ def _mean_flat(x: torch.Tensor) -> torch.Tensor:
 def _check_on_device(ok: torch.Tensor, error: Callable[[], Exception]) -> None:
     """Raise ``error()`` unless the boolean tensor ``ok`` is true, without reading ``ok`` back to
     Python: the assertion is queued on ``ok``'s device. On a CPU it runs at once, so the error
-    is raised here; on a GPU a false ``ok`` fails the next synchronisation instead."""
+    is raised here; on a CUDA GPU a false ``ok`` fails the next synchronisation instead; a
+    device without such assertions reads ``ok``."""
     try:
         torch._assert_async(ok, "ddpm: invalid argument (an out-of-range step t or data value)")
+    except NotImplementedError:  # a device without asynchronous assertions (e.g. MPS): read
+        if not ok:
+            raise error() from None
     except RuntimeError:
         raise error() from None
 

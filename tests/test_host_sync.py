@@ -168,3 +168,18 @@ def test_training_loss_still_rejects_bad_steps_and_data():
                                   loss_type="vlb")  # fmt: skip
     with pytest.raises(ValueError, match="noise shape"):
         diffusion.training_losses(lambda xt, t: xt, x, noise=torch.zeros(3, 3))
+
+
+def test_devices_without_async_asserts_read_the_check_instead(monkeypatch):
+    """Where torch has no asynchronous assertion for a device (NotImplementedError, a subclass
+    of RuntimeError), a valid t must pass and a bad one still give the ValueError."""
+
+    def not_implemented(*args):
+        raise NotImplementedError("no _assert_async on this backend")
+
+    monkeypatch.setattr(torch, "_assert_async", not_implemented)
+    diffusion = GaussianDiffusion(linear_beta_schedule(1000))
+    x = torch.zeros(2, 3)
+    assert diffusion.training_losses(lambda xt, t: xt, x, t=torch.tensor([0, 999])).shape == (2,)
+    with pytest.raises(ValueError, match=r"0\.\.999"):
+        diffusion.training_losses(lambda xt, t: xt, x, t=torch.tensor([0, 1000]))
