@@ -1,6 +1,14 @@
 """Time one DDPM training step and one sampling step of our UNet against peer UNets.
 
-What is measured, per library and batch size, on 32x32x3 inputs (the paper's CIFAR-10 setting):
+The grid: library x model (``cifar10``: the paper's CIFAR-10 network; ``digits``: the book's
+quick-mode network; diffusers' ``UNet2DModel`` configured to the same architecture for both) x
+batch size x precision (fp32, bf16 autocast) x compile (off, on: ``torch.compile``, its
+compilation time reported separately) x channels_last (off, on), on the same inputs.
+``--quick`` leaves out the compiled cifar10 rows. On a CPU that emulates bfloat16 (no
+AVX512-BF16, no AMX) the bf16 rows are skipped unless ``--force-bf16``: emulated, they are tens
+of times slower and say nothing about the code.
+
+What is measured, per row, on the model's inputs (cifar10: 32x32x3, the paper's setting):
 
 * ``train``: one L_simple training step -- draw t ~ U{0..999} and eps ~ N(0, I), make
   x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (linear 1e-4..0.02 schedule), forward,
@@ -17,8 +25,9 @@ ops or norms; 1 multiply-add = 2 FLOPs).
 Timing: median and interquartile range (q3 - q1) of wall-clock time over ``--repeats`` steps
 after ``--warmup`` untimed steps (CUDA: synchronised before each clock read).
 
-Memory: CPU -- the peak RSS (``ru_maxrss``) of the worker process, and that peak minus the RSS
-just before the first step (imports, model, inputs and optimizer object already there; Adam's
+Memory: CPU -- the peak RSS (``ru_maxrss``, the kernel's high-water mark: tracemalloc does not
+see torch's allocations) of the worker process, and that peak minus the RSS just before the
+first step (imports, model, inputs and optimizer object already there; Adam's
 state is created in the first step and so counts). CUDA -- ``torch.cuda.max_memory_allocated``
 and that peak minus the memory allocated before the first step.
 
@@ -62,15 +71,24 @@ PAPER_PARAMS = 35_746_307  # the original release's CIFAR-10 model
 # ---------------------------------------------------------------------------------------------
 
 
-def build_ours():
+MODELS = {"cifar10": (3, 32), "digits": (1, 8)}  # model: (channels, image size) of its inputs
+
+
+def build_ours(name):
     from ddpm.unet import UNet
 
-    model = UNet.from_preset("cifar10")
-    config = {"preset": "cifar10"}
-    return model, lambda m, x, t: m(x, t), config, "ddpm.unet.UNet.from_preset('cifar10')"
+    model = UNet.from_preset(name)
+    config = {"preset": name}
+    return model, lambda m, x, t: m(x, t), config, f"ddpm.unet.UNet.from_preset({name!r})"
 
 
-def build_labml():
+def _cifar10_only(name):
+    if name != "cifar10":
+        raise NotImplementedError(f"no {name} configuration for this library")
+
+
+def build_labml(name):
+    _cifar10_only(name)
     from labml_nn.diffusion.ddpm.unet import UNet
 
     # labml's ch_mults are cumulative (channels_i = channels_{i-1} * ch_mults[i]), so the paper's
@@ -86,7 +104,8 @@ def build_labml():
     return model, lambda m, x, t: m(x, t), config, "labml_nn.diffusion.ddpm.unet.UNet"
 
 
-def build_lucidrains():
+def build_lucidrains(name):
+    _cifar10_only(name)
     from denoising_diffusion_pytorch import Unet
 
     config = {
@@ -127,16 +146,29 @@ DIFFUSERS_CONFIG = {
 }
 
 
-def build_diffusers():
+# The book's digits network (ddpm.unet.PRESETS["digits"]) in diffusers' terms: widths 32, 64,
+# one res block per level, attention at 4x4 (and in the middle), 8 groups, no dropout. The same
+# 701,345 parameters as ours.
+DIFFUSERS_DIGITS_CONFIG = {
+    **DIFFUSERS_CONFIG,
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+    "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 8,
+    "dropout": 0.0,
+}
+
+
+def build_diffusers(name):
     from diffusers import UNet2DModel
 
-    model = UNet2DModel(**DIFFUSERS_CONFIG)
-    return (
-        model,
-        lambda m, x, t: m(x, t, return_dict=False)[0],
-        DIFFUSERS_CONFIG,
-        "diffusers.UNet2DModel",
-    )
+    config = {"cifar10": DIFFUSERS_CONFIG, "digits": DIFFUSERS_DIGITS_CONFIG}[name]
+    model = UNet2DModel(**config)
+    return model, lambda m, x, t: m(x, t, return_dict=False)[0], config, "diffusers.UNet2DModel"
 
 
 LIBS = {
@@ -207,15 +239,17 @@ def worker(args) -> dict:
     torch.manual_seed(0)
 
     builder, dist = LIBS[args.lib]
-    model, fwd, config, where = builder()
+    model, fwd, config, where = builder(args.model)
     model = model.to(device)
-    out = {"lib": args.lib, "dist": dist, "version": _version(dist), "class": where}
+    out = {"lib": args.lib, "model": args.model, "dist": dist, "version": _version(dist),
+           "class": where}  # fmt: skip
+    C, S = MODELS[args.model]
 
     if args.what == "info":
         from torch.utils.flop_counter import FlopCounterMode
 
         model.eval()
-        x = torch.randn(1, 3, 32, 32, device=device)
+        x = torch.randn(1, C, S, S, device=device)
         t = torch.full((1,), T_SAMPLE, dtype=torch.long, device=device)
         # Fused CPU attention kernels (e.g. SDPA's flash-for-CPU) are invisible to
         # FlopCounterMode; the math backend decomposes attention into counted bmm's, so every
@@ -238,8 +272,13 @@ def worker(args) -> dict:
         return out
 
     B = args.batch
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    net = torch.compile(model) if args.compile else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
     gen = torch.Generator(device="cpu").manual_seed(0)
-    x0 = (torch.rand(B, 3, 32, 32, generator=gen) * 2 - 1).to(device)  # data in [-1, 1]
+    x0 = (torch.rand(B, C, S, S, generator=gen) * 2 - 1).to(device)  # data in [-1, 1]
+    x0 = x0.contiguous(memory_format=memory_format)
     betas = torch.linspace(1e-4, 0.02, T_STEPS, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0).float().to(device)
 
@@ -252,7 +291,8 @@ def worker(args) -> dict:
             eps = torch.randn_like(x0)
             a = abar[t].view(B, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-            loss = torch.nn.functional.mse_loss(fwd(model, xt, t), eps)
+            with autocast:
+                loss = torch.nn.functional.mse_loss(fwd(net, xt, t).float(), eps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -260,12 +300,12 @@ def worker(args) -> dict:
 
     elif args.what == "sample":
         model.eval()
-        xt = torch.randn(B, 3, 32, 32, device=device)
+        xt = torch.randn(B, C, S, S, device=device).contiguous(memory_format=memory_format)
         t = torch.full((B,), T_SAMPLE, dtype=torch.long, device=device)
 
         def step():
-            with torch.inference_mode():
-                return fwd(model, xt, t)
+            with torch.inference_mode(), autocast:
+                return fwd(net, xt, t)
 
     else:
         raise ValueError(args.what)
@@ -280,7 +320,12 @@ def worker(args) -> dict:
         base_mem = _rss_now_kib() * 1024
         base_peak = _peak_rss_kib() * 1024
 
-    for _ in range(args.warmup):
+    # The first step compiles (with --compile): its time, less a step's, is the compile time.
+    first = time.perf_counter()
+    step()
+    sync()
+    first_step_s = time.perf_counter() - first
+    for _ in range(args.warmup - 1):
         step()
     sync()
     times = []
@@ -315,6 +360,11 @@ def worker(args) -> dict:
     out.update(
         batch=B,
         step=args.what,
+        precision=args.precision,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        first_step_s=first_step_s,
+        compile_s=first_step_s - med if args.compile else 0.0,
         warmup=args.warmup,
         repeats=args.repeats,
         times_s=times,
@@ -334,22 +384,30 @@ def worker(args) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_worker(args, lib: str, what: str, batch: int = 0) -> dict:
+def run_worker(args, lib: str, what: str, batch: int = 0, cfg: dict | None = None) -> dict:
+    """Run one worker subprocess; a failed row comes back as ``{"error": ...}`` (say, a compile
+    that fails on this machine), so that the rest of the grid still runs."""
+    cfg = cfg or {"model": "cifar10", "precision": "fp32", "compile": False, "channels_last": False}
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         cmd = [
             sys.executable, __file__, "--_worker", what, "--_lib", lib, "--_batch", str(batch),
             "--_result", str(result), "--device", args.device, "--threads", str(args.threads),
             "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+            "--_model", cfg["model"], "--_precision", cfg["precision"],
+            "--_compile", str(int(cfg["compile"])),
+            "--_channels_last", str(int(cfg["channels_last"])),
         ]  # fmt: skip
         env = dict(os.environ)
         n = str(args.threads)
         env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, HF_HUB_OFFLINE="1")
         env.setdefault("DIFFUSERS_NO_ADVISORY_WARNINGS", "1")
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env)
+        proc = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0 or not result.exists():
-            raise RuntimeError(f"worker {lib}/{what}/batch {batch} failed (exit {proc.returncode})")
+            last = (proc.stderr or "").strip().splitlines()[-1:] or ["?"]
+            print(f"[bench]   worker failed (exit {proc.returncode}): {last[0]}", file=sys.stderr)
+            return {"lib": lib, "step": what, "batch": batch, **cfg, "error": last[0]}
         out = json.loads(result.read_text())
         out["worker_wall_s"] = time.perf_counter() - t0
         return out
@@ -367,7 +425,7 @@ def wait_quiet(threshold: float, max_wait: float) -> tuple[float, float | None]:
             return time.perf_counter() - t0, frac
 
 
-def measure(args, lib: str, what: str, batch: int) -> dict:
+def measure(args, lib: str, what: str, batch: int, cfg: dict) -> dict:
     """One timed row. On a CPU, wait for a quiet machine first, and measure again (at most
     ``--retries`` times) while other processes took more than ``--max-other-load`` of the CPU
     during the timed steps; keep the least disturbed attempt and record all of them."""
@@ -380,7 +438,9 @@ def measure(args, lib: str, what: str, batch: int) -> dict:
         if attempts:
             print("[bench]   other processes were busy: measuring again", file=sys.stderr)
         waited, before = wait_quiet(args.max_other_load, args.quiet_wait) if gate else (0.0, None)
-        r = run_worker(args, lib, what, batch)
+        r = run_worker(args, lib, what, batch, cfg)
+        if "error" in r:
+            return r
         r.update(quiet_waited_s=waited, others_cpu_frac_before=before)
         attempts.append(r)
         others = r["others_cpu_frac"]
@@ -423,23 +483,34 @@ def fmt_mib(b: float) -> str:
     return f"{b / 2**20:.0f}"
 
 
+def _setting(r: dict) -> str:
+    return (f"{r['precision']}{' compiled' if r['compile'] else ''}"
+            f"{' CL' if r['channels_last'] else ''}")  # fmt: skip
+
+
 def markdown(report: dict) -> str:
     meta, models, results = report["meta"], report["models"], report["results"]
     lines = [
         f"device {meta['device']} ({meta['device_name']}), torch {meta['torch']}, "
-        f"{meta['threads']} torch threads, warmup {meta['warmup']}, repeats {meta['repeats']}",
+        f"{meta['threads']} torch threads, warmup {meta['warmup']}, repeats {meta['repeats']}, "
+        f"native bf16 {meta['native_bf16']}",
         "",
-        "*others' CPU*: share of the machine's CPU time that other processes used during the "
-        "row's timed steps; *tries*: how often the row was measured (on a CPU, again while "
+        "*setting*: precision (fp32, or bf16 autocast), *compiled* (torch.compile), *CL* "
+        "(channels_last); *compile s*: the first step's time less a step's. *others' CPU*: share "
+        "of the machine's CPU time that other processes used during the row's timed steps; "
+        "*tries*: how often the row was measured (on a CPU, again while "
         f"others' CPU > {meta['max_other_load']:.0%}, at most {meta['retries']} more times; "
         "the least disturbed try is shown).",
         "",
-        "| library | version | params | fwd GFLOPs (batch 1) |",
-        "|---|---|---:|---:|",
+        "| library | model | version | params | fwd GFLOPs (batch 1) |",
+        "|---|---|---|---:|---:|",
     ]
     for m in models:
+        if "error" in m:
+            lines.append(f"| {m['lib']} | {m['model']} | failed: {m['error']} | | |")
+            continue
         lines.append(
-            f"| {m['lib']} | {m['dist']} {m['version']} | {m['params']:,} | "
+            f"| {m['lib']} | {m['model']} | {m['dist']} {m['version']} | {m['params']:,} | "
             f"{m['fwd_flops_b1'] / 1e9:.2f} |"
         )
     cuda = meta["device"].startswith("cuda")
@@ -447,18 +518,93 @@ def markdown(report: dict) -> str:
     delta_h = "alloc delta MiB" if cuda else "peak RSS delta MiB"
     lines += [
         "",
-        f"| library | batch | step | median ms | IQR ms | img/s | {peak_h} | {delta_h} "
-        "| others' CPU | tries |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| library | model | batch | step | setting | median ms | IQR ms | img/s | compile s "
+        f"| {peak_h} | {delta_h} | others' CPU | tries |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        head = f"| {r['lib']} | {r['model']} | {r['batch']} | {r['step']} | {_setting(r)} |"
+        if "error" in r or "skipped" in r:
+            lines.append(f"{head} {r.get('error') or r['skipped']} |||||||")
+            continue
         lines.append(
-            f"| {r['lib']} | {r['batch']} | {r['step']} | {fmt_ms(r['median_s'])} | "
-            f"{fmt_ms(r['iqr_s'])} | {r['batch'] / r['median_s']:.1f} | "
+            f"{head} {fmt_ms(r['median_s'])} | {fmt_ms(r['iqr_s'])} | "
+            f"{r['batch'] / r['median_s']:.1f} | {r['compile_s']:.0f} | "
             f"{fmt_mib(r['peak_bytes'])} | {fmt_mib(r['delta_bytes'])} | "
             f"{fmt_pct(r['others_cpu_frac'])} | {len(r['attempts'])} |"
         )
+    lines += ["", *ratio_tables(results)]
     return "\n".join(lines)
+
+
+def ratio_tables(results: list[dict]) -> list[str]:
+    """Ours against diffusers: in each setting of the grid, and each in its best setting."""
+    ok = [r for r in results if "median_s" in r]
+    key = lambda r: (r["model"], r["batch"], r["step"], _setting(r))  # noqa: E731
+    theirs = {key(r): r for r in ok if r["lib"] == "diffusers"}
+    pairs = [(r, theirs[key(r)]) for r in ok if r["lib"] == "ours" and key(r) in theirs]
+    if not pairs:
+        return []
+    lines = [
+        "Ours / diffusers, images per second (> 1: ours faster), same setting:",
+        "",
+        "| model | batch | step | setting | ours img/s | diffusers img/s | ratio |",
+        "|---|---:|---|---|---:|---:|---:|",
+    ]
+    for o, d in pairs:
+        lines.append(
+            f"| {o['model']} | {o['batch']} | {o['step']} | {_setting(o)} | "
+            f"{o['batch'] / o['median_s']:.1f} | {d['batch'] / d['median_s']:.1f} | "
+            f"{d['median_s'] / o['median_s']:.2f}x |"
+        )
+    lines += [
+        "",
+        "Each library in its best setting:",
+        "",
+        "| model | batch | step | ours best | img/s | diffusers best | img/s | ratio |",
+        "|---|---:|---|---|---:|---|---:|---:|",
+    ]
+    groups = sorted({k[:3] for k in map(key, ok)})
+    for g in groups:
+        best = {}
+        for lib in ("ours", "diffusers"):
+            rows = [r for r in ok if r["lib"] == lib and key(r)[:3] == g]
+            if rows:
+                best[lib] = min(rows, key=lambda r: r["median_s"])
+        if len(best) == 2:
+            o, d = best["ours"], best["diffusers"]
+            lines.append(
+                f"| {g[0]} | {g[1]} | {g[2]} | {_setting(o)} | {g[1] / o['median_s']:.1f} | "
+                f"{_setting(d)} | {g[1] / d['median_s']:.1f} | "
+                f"{d['median_s'] / o['median_s']:.2f}x |"
+            )
+    return lines
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), as torch detects it."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def grid(args) -> list[dict]:
+    """The settings to run: model x batch x precision x compile x channels_last x step."""
+    split = lambda v: [s.strip() for s in v.split(",") if s.strip()]  # noqa: E731
+    onoff = {"off": False, "on": True}
+    rows = []
+    for model in split(args.models):
+        for batch in (int(b) for b in split(args.batch_sizes)):
+            for precision in split(args.precisions):
+                for comp in (onoff[v] for v in split(args.compile)):
+                    if comp and args.quick and model == "cifar10":
+                        continue  # --quick: no compiled rows of the paper's model
+                    for cl in (onoff[v] for v in split(args.channels_last)):
+                        for step in ("train", "sample"):
+                            cfg = {"model": model, "precision": precision, "compile": comp,
+                                   "channels_last": cl}  # fmt: skip
+                            rows.append({"batch": batch, "step": step, "cfg": cfg})
+    return rows
 
 
 def driver(args) -> int:
@@ -471,14 +617,17 @@ def driver(args) -> int:
             print("--device cuda asked for, but no CUDA device is available", file=sys.stderr)
             return 2
         device_name = torch.cuda.get_device_name(torch.device(args.device))
+        bf16_native = torch.cuda.is_bf16_supported()
     else:
         device_name = cpu_model()
+        bf16_native = native_bf16()
     libs = [s.strip() for s in args.libs.split(",") if s.strip()]
     unknown = [lib for lib in libs if lib not in LIBS]
-    if unknown:
-        print(f"unknown --libs {unknown}; known: {list(LIBS)}", file=sys.stderr)
+    unknown_models = [m for m in args.models.split(",") if m.strip() not in MODELS]
+    if unknown or unknown_models:
+        print(f"unknown --libs {unknown} or --models {unknown_models}; known: {list(LIBS)}, "
+              f"{list(MODELS)}", file=sys.stderr)  # fmt: skip
         return 2
-    batches = [int(b) for b in args.batch_sizes.split(",")]
     out_path = Path(args.out or Path(__file__).parent / f"results-{args.device.split(':')[0]}.json")
 
     meta = {
@@ -487,12 +636,16 @@ def driver(args) -> int:
         "device": args.device,
         "device_name": device_name,
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": bf16_native,
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": args.threads,
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "quick": args.quick,
         "max_other_load": args.max_other_load,
         "retries": args.retries,
         "quiet_wait_s": args.quiet_wait,
@@ -502,12 +655,26 @@ def driver(args) -> int:
     t_start = args.t_start = time.perf_counter()
     models, results = [], []
     for lib in libs:
-        print(f"[bench] {lib}: model facts", file=sys.stderr, flush=True)
-        models.append(run_worker(args, lib, "info"))
-        for b in batches:
-            for what in ("train", "sample"):
-                print(f"[bench] {lib}: {what} batch {b}", file=sys.stderr, flush=True)
-                results.append(measure(args, lib, what, b))
+        for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+            print(f"[bench] {lib} {model}: model facts", file=sys.stderr, flush=True)
+            cfg = {"model": model, "precision": "fp32", "compile": False, "channels_last": False}
+            info = run_worker(args, lib, "info", 0, cfg)
+            info.setdefault("model", model)
+            models.append(info)
+            for row in grid(args):
+                cfg, b, what = row["cfg"], row["batch"], row["step"]
+                if cfg["model"] != model:
+                    continue
+                label = f"{lib} {model}: {what} batch {b} {_setting(cfg)}"
+                if "error" in info:
+                    r = {"lib": lib, "step": what, "batch": b, **cfg, "skipped": "no model"}
+                elif cfg["precision"] == "bf16" and not bf16_native and not args.force_bf16:
+                    r = {"lib": lib, "step": what, "batch": b, **cfg,
+                         "skipped": "emulated bf16 (--force-bf16 runs it)"}  # fmt: skip
+                else:
+                    print(f"[bench] {label}", file=sys.stderr, flush=True)
+                    r = measure(args, lib, what, b, cfg)
+                results.append(r)
     meta["loadavg_after"] = os.getloadavg()
     meta["total_wall_s"] = time.perf_counter() - t_start
     report = {"meta": meta, "models": models, "results": results}
@@ -519,20 +686,51 @@ def driver(args) -> int:
         f"total {meta['total_wall_s']:.0f} s; results in {out_path}"
     )
     for m in models:
-        if m["lib"] in ("ours", "diffusers") and m["params"] != PAPER_PARAMS:
-            print(f"note: {m['lib']} has {m['params']:,} params, paper {PAPER_PARAMS:,}")
+        if m["lib"] in ("ours", "diffusers") and m.get("model") == "cifar10":
+            if m.get("params") != PAPER_PARAMS:
+                print(f"note: {m['lib']} has {m.get('params')} params, paper {PAPER_PARAMS:,}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=1) + "\n")
     return 0
 
 
+def cpu_flags() -> list[str]:
+    """The CPU flags that matter for these kernels (AVX-512 family, AMX, AVX2, FMA)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                keep = ("avx512", "amx", "avx2", "fma", "avx_vnni")
+                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(keep))
+    except OSError:
+        pass
+    return []
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (cuda if present)")
-    p.add_argument("--batch-sizes", default="8,16", help="comma-separated (default 8,16)")
+    p.add_argument("--batch-sizes", default="8", help="comma-separated (default 8)")
     p.add_argument("--repeats", type=int, default=10, help="timed steps (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    p.add_argument("--libs", default=",".join(LIBS), help=f"comma-separated from {list(LIBS)}")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed steps first (default 2; at least 1 is always run)")  # fmt: skip
+    p.add_argument("--libs", default="ours,diffusers",
+                   help=f"comma-separated from {list(LIBS)} (default ours,diffusers)")  # fmt: skip
+    p.add_argument(
+        "--models",
+        default="cifar10,digits",
+        help=f"comma-separated from {list(MODELS)} (labml and lucidrains: cifar10)",
+    )
+    p.add_argument("--precisions", default="fp32,bf16", help="fp32, bf16 (default both)")
+    p.add_argument("--compile", default="off,on", help="off, on (default both)")
+    p.add_argument("--channels-last", default="off,on", help="off, on (default both)")
+    p.add_argument("--force-bf16", action="store_true",
+                   help="run bf16 rows also on a CPU that emulates bfloat16")  # fmt: skip
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="no compiled cifar10 rows, 3 repeats, 1 warmup, no waiting or retries for a quiet "
+        "machine: the whole default grid in a few minutes on 2 cores",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -561,15 +759,20 @@ def main(argv=None) -> int:
         help="seconds after which rows are no longer waited for nor measured again (default 900)",
     )
     p.add_argument("--out", help="JSON results file (default bench/results-<device>.json)")
-    for name in ("--_worker", "--_lib", "--_result"):
+    for name in ("--_worker", "--_lib", "--_result", "--_model", "--_precision"):
         p.add_argument(name, help=argparse.SUPPRESS)
-    p.add_argument("--_batch", type=int, default=0, help=argparse.SUPPRESS)
+    for name in ("--_batch", "--_compile", "--_channels_last"):
+        p.add_argument(name, type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.quick:
+        args.repeats, args.warmup, args.retries, args.quiet_wait = 3, 1, 0, 0
     if args.repeats < 2 or args.warmup < 0:
         p.error("--repeats must be >= 2 (median and IQR) and --warmup >= 0")
 
     if args._worker:
         args.what, args.lib, args.batch = args._worker, args._lib, args._batch
+        args.model, args.precision = args._model, args._precision
+        args.compile, args.channels_last = bool(args._compile), bool(args._channels_last)
         out = worker(args)
         Path(args._result).write_text(json.dumps(out))
         return 0

@@ -12,6 +12,9 @@ Conventions (see the book's notation table):
   (mu-tilde itself, the paper's Table 2 ablation).
 - Data x0 are scaled to [-1, 1]; tensors may have any shape [B, ...] (images or 2-D points).
 - Schedules are kept in float64 and cast to the data's dtype (at least float32) per call.
+- Arguments are validated once, by the public methods; the per-step code they run (the private
+  ``_`` methods) checks nothing and never reads a tensor back to Python, because on a GPU each
+  such read waits for all queued work and the steps would no longer overlap.
 """
 
 from __future__ import annotations
@@ -92,6 +95,20 @@ def _mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).mean(dim=1)
 
 
+def _check_on_device(ok: torch.Tensor, error: Callable[[], Exception]) -> None:
+    """Raise ``error()`` unless the boolean tensor ``ok`` is true, without reading ``ok`` back to
+    Python: the assertion is queued on ``ok``'s device. On a CPU it runs at once, so the error
+    is raised here; on a CUDA GPU a false ``ok`` fails the next synchronisation instead; a
+    device without such assertions reads ``ok``."""
+    try:
+        torch._assert_async(ok, "ddpm: invalid argument (an out-of-range step t or data value)")
+    except NotImplementedError:  # a device without asynchronous assertions (e.g. MPS): read
+        if not ok:
+            raise error() from None
+    except RuntimeError:
+        raise error() from None
+
+
 class GaussianDiffusion:
     """The DDPM forward and reverse processes for a given beta schedule (float64 tables).
 
@@ -151,8 +168,14 @@ class GaussianDiffusion:
         values = self._tables(x.device, dtype)[name][t]
         return values.reshape(-1, *([1] * (x.ndim - 1)))
 
-    def _check_t(self, t, x: torch.Tensor) -> torch.Tensor:
-        """Validate ``t`` (zero-based steps) and return it as a long tensor [B] on x's device."""
+    def _check_t(self, t, x: torch.Tensor, *, sync: bool = True) -> torch.Tensor:
+        """Validate ``t`` (zero-based steps) and return it as a long tensor [B] on x's device.
+
+        The range of a tensor ``t`` is read back once (``sync=True``), or, with ``sync=False``
+        (for methods called once per training step), checked on the device without a read: on
+        a CPU that still raises this ValueError at once; on a GPU a bad step stops the run at its
+        next synchronisation with a device-side assertion.
+        """
         if x.ndim < 1:
             raise ValueError("x must have a batch dimension: shape [B, ...]")
         batch = x.shape[0]
@@ -167,12 +190,19 @@ class GaussianDiffusion:
         if t.shape != (batch,):
             raise ValueError(f"t must have shape [{batch}] to match x, got {tuple(t.shape)}")
         t = t.to(device=x.device, dtype=torch.long)
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or hi >= self.num_timesteps:
-            raise ValueError(
+
+        def out_of_range() -> ValueError:
+            lo, hi = torch.stack([t.min(), t.max()]).tolist()
+            return ValueError(
                 f"t must lie in 0..{self.num_timesteps - 1} (code index t = paper's t+1), "
                 f"got values in {lo}..{hi}"
             )
+
+        in_range = ((t >= 0) & (t < self.num_timesteps)).all()
+        if not sync:
+            _check_on_device(in_range, out_of_range)
+        elif not in_range:
+            raise out_of_range()
         return t
 
     @staticmethod
@@ -182,7 +212,9 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ forward process
     def q_mean_variance(self, x0: torch.Tensor, t) -> tuple[torch.Tensor, ...]:
         """Mean, variance, log-variance of q(x_t | x_0) = N(sqrt(a-bar) x0, 1 - a-bar) (eq. 4)."""
-        t = self._check_t(t, x0)
+        return self._q_mean_variance(x0, self._check_t(t, x0))
+
+    def _q_mean_variance(self, x0, t):
         mean = self._extract("sqrt_alphas_cumprod", t, x0) * x0
         var = self._full(self._extract("one_minus_alphas_cumprod", t, x0), x0)
         log_var = self._full(self._extract("log_one_minus_alphas_cumprod", t, x0), x0)
@@ -193,10 +225,17 @@ class GaussianDiffusion:
         t = self._check_t(t, x0)
         if noise is None:
             noise = torch.randn_like(x0)
-        elif noise.shape != x0.shape:
+        self._check_noise(noise, x0)
+        return self._q_sample(x0, t, noise)
+
+    @staticmethod
+    def _check_noise(noise: torch.Tensor, x: torch.Tensor, name: str = "x0") -> None:
+        if noise.shape != x.shape:
             raise ValueError(
-                f"noise shape {tuple(noise.shape)} must equal x0 shape {tuple(x0.shape)}"
+                f"noise shape {tuple(noise.shape)} must equal {name} shape {tuple(x.shape)}"
             )
+
+    def _q_sample(self, x0, t, noise):
         return (
             self._extract("sqrt_alphas_cumprod", t, x0) * x0
             + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
@@ -209,7 +248,9 @@ class GaussianDiffusion:
         """
         if x0.shape != xt.shape:
             raise ValueError(f"x0 shape {tuple(x0.shape)} must equal xt shape {tuple(xt.shape)}")
-        t = self._check_t(t, xt)
+        return self._q_posterior(x0, xt, self._check_t(t, xt))
+
+    def _q_posterior(self, x0, xt, t):
         mean = (
             self._extract("posterior_mean_coef1", t, xt) * x0
             + self._extract("posterior_mean_coef2", t, xt) * xt
@@ -220,7 +261,9 @@ class GaussianDiffusion:
 
     def predict_x0_from_eps(self, xt: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
         """Invert eq. 4: x0 = (x_t - sqrt(1 - a-bar_t) eps) / sqrt(a-bar_t)."""
-        t = self._check_t(t, xt)
+        return self._x0_from_eps(xt, self._check_t(t, xt), eps)
+
+    def _x0_from_eps(self, xt, t, eps):
         return (
             self._extract("sqrt_recip_alphas_cumprod", t, xt) * xt
             - self._extract("sqrt_recipm1_alphas_cumprod", t, xt) * eps
@@ -228,14 +271,18 @@ class GaussianDiffusion:
 
     def predict_eps_from_x0(self, xt: torch.Tensor, t, x0: torch.Tensor) -> torch.Tensor:
         """Invert eq. 4 for the noise: eps = (x_t - sqrt(a-bar_t) x0) / sqrt(1 - a-bar_t)."""
-        t = self._check_t(t, xt)
+        return self._eps_from_x0(xt, self._check_t(t, xt), x0)
+
+    def _eps_from_x0(self, xt, t, x0):
         return (self._extract("sqrt_recip_alphas_cumprod", t, xt) * xt - x0) / self._extract(
             "sqrt_recipm1_alphas_cumprod", t, xt
         )
 
     def predict_x0_from_mean(self, xt: torch.Tensor, t, mean: torch.Tensor) -> torch.Tensor:
         """Invert mu-tilde (eq. 7) for x0, given x_t and the posterior mean."""
-        t = self._check_t(t, xt)
+        return self._x0_from_mean(xt, self._check_t(t, xt), mean)
+
+    def _x0_from_mean(self, xt, t, mean):
         return (mean - self._extract("posterior_mean_coef2", t, xt) * xt) / self._extract(
             "posterior_mean_coef1", t, xt
         )
@@ -253,11 +300,11 @@ class GaussianDiffusion:
     def _predict_x0(self, out, xt, t, clip_denoised: bool) -> torch.Tensor:
         """The model's estimate of x0 from its output, optionally clipped to the data's [-1, 1]."""
         if self.model_mean_type == "eps":
-            x0 = self.predict_x0_from_eps(xt, t, out)
+            x0 = self._x0_from_eps(xt, t, out)
         elif self.model_mean_type == "x0":
             x0 = out
         else:
-            x0 = self.predict_x0_from_mean(xt, t, out)
+            x0 = self._x0_from_mean(xt, t, out)
         return x0.clamp(-1.0, 1.0) if clip_denoised else x0
 
     def p_mean_variance(self, model: Model, xt: torch.Tensor, t, clip_denoised: bool = True):
@@ -267,13 +314,15 @@ class GaussianDiffusion:
         x_t) and ``model_output``. With mean type ``"mean"`` the model's output is the mean itself
         and clipping only affects ``pred_x0``.
         """
-        t = self._check_t(t, xt)
+        return self._p_mean_variance(model, xt, self._check_t(t, xt), clip_denoised)
+
+    def _p_mean_variance(self, model, xt, t, clip_denoised):
         out = self._model_output(model, xt, t)
         pred_x0 = self._predict_x0(out, xt, t, clip_denoised)
         if self.model_mean_type == "mean":
             mean = out
         else:
-            mean, _, _ = self.q_posterior_mean_variance(pred_x0, xt, t)
+            mean, _, _ = self._q_posterior(pred_x0, xt, t)
         return {
             "mean": mean,
             "variance": self._full(self._extract("model_variance", t, xt), xt),
@@ -283,7 +332,7 @@ class GaussianDiffusion:
         }
 
     def _p_sample(self, model, xt, t, noise, clip_denoised):
-        out = self.p_mean_variance(model, xt, t, clip_denoised=clip_denoised)
+        out = self._p_mean_variance(model, xt, t, clip_denoised)
         if noise is None:
             noise = torch.randn_like(xt)
         nonzero = (t != 0).to(out["mean"].dtype).reshape(-1, *([1] * (xt.ndim - 1)))
@@ -300,6 +349,8 @@ class GaussianDiffusion:
     ) -> torch.Tensor:
         """One reverse step x_t -> x_{t-1} (Algorithm 2, line 4); no noise where t == 0."""
         t = self._check_t(t, xt)
+        if noise is not None:
+            self._check_noise(noise, xt, "xt")
         return self._p_sample(model, xt, t, noise, clip_denoised)[0]
 
     @staticmethod
@@ -352,6 +403,8 @@ class GaussianDiffusion:
         x = self._randn(shape, generator, device) if x_start is None else x_start.to(device)
         every = trajectory_every or max(1, self.num_timesteps // 10)
         record = _Trajectory()
+        # the loop's bound is the one read of the call; examples that start later wait
+        together = not isinstance(t_start, torch.Tensor) or t_start.ndim == 0
         first = int(starts.max())
         for i in tqdm(range(first, -1, -1), desc="sampling", disable=not progress, leave=False):
             t = torch.full((shape[0],), i, dtype=torch.long, device=device)
@@ -359,8 +412,11 @@ class GaussianDiffusion:
             x_prev, pred_x0 = self._p_sample(model, x, t, noise, clip_denoised)
             if return_trajectory and (i % every == 0 or i == first):
                 record.add(i, x, pred_x0)
-            active = (starts >= i).reshape(-1, *([1] * (x.ndim - 1)))
-            x = torch.where(active, x_prev, x)
+            if together:
+                x = x_prev
+            else:
+                active = (starts >= i).reshape(-1, *([1] * (x.ndim - 1)))
+                x = torch.where(active, x_prev, x)
         return (x, record.as_dict()) if return_trajectory else x
 
     def _start_steps(self, t_start, batch: int, device) -> torch.Tensor:
@@ -379,25 +435,30 @@ class GaussianDiffusion:
         ):
             raise ValueError(f"steps must be an integer in 1..{self.num_timesteps}, got {steps!r}")
         seq = torch.linspace(self.num_timesteps - 1, 0, steps, dtype=torch.float64).round()
-        return [int(v) for v in seq]
+        return [int(v) for v in seq.tolist()]
 
-    def _alpha_bar(self, i: int) -> torch.Tensor:
-        """alpha-bar at code index i as a scalar tensor; alpha-bar at i = -1 (clean data) is 1."""
-        if i < 0:
-            return torch.ones((), dtype=torch.float64)
-        return self.alphas_cumprod[i]
+    def _alpha_bars(self, seq: list[int]) -> torch.Tensor:
+        """alpha-bar at the code indices ``seq`` (float64, on the CPU); at i = -1 (clean data) 1."""
+        one = torch.ones(1, dtype=torch.float64)
+        return torch.cat([one, self.alphas_cumprod])[torch.tensor(seq) + 1]
 
-    def _ddim_step(self, model, x, i, i_prev, eta, clip_denoised, noise):
-        """One DDIM update x_i -> x_{i_prev} (Song et al. 2021, eq. 12)."""
+    def _ddim_coefs(self, seq: list[int], prev: list[int], eta: float, dtype) -> list[list[float]]:
+        """Per update ``seq[k] -> prev[k]``: sqrt(a-bar_prev), the coefficient of eps and sigma
+        (Song et al. 2021, eq. 12), in float64 and rounded to ``dtype``; read back to Python
+        once, here, so that the steps themselves read nothing."""
+        a, a_prev = self._alpha_bars(seq), self._alpha_bars(prev)
+        sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
+        dir_coef = (1 - a_prev - sigma**2).clamp(min=0).sqrt()
+        return torch.stack([a_prev.sqrt(), dir_coef, sigma], dim=1).to(dtype).tolist()
+
+    def _ddim_step(self, model, x, i, coefs, clip_denoised, noise):
+        """One DDIM update x_i -> x_{i_prev} (Song et al. 2021, eq. 12); ``coefs`` from
+        :meth:`_ddim_coefs`."""
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         out = self._model_output(model, x, t)
         pred_x0 = self._predict_x0(out, x, t, clip_denoised)
-        eps = self.predict_eps_from_x0(x, t, pred_x0)  # re-derived: consistent with the clipped x0
-        a, a_prev = self._alpha_bar(i), self._alpha_bar(i_prev)
-        sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
-        dir_coef = (1 - a_prev - sigma**2).clamp(min=0).sqrt()
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        c0, c1, c2 = (v.to(dtype).item() for v in (a_prev.sqrt(), dir_coef, sigma))
+        eps = self._eps_from_x0(x, t, pred_x0)  # re-derived: consistent with the clipped x0
+        c0, c1, c2 = coefs
         x_prev = c0 * pred_x0 + c1 * eps
         if noise is not None:
             x_prev = x_prev + c2 * noise
@@ -430,11 +491,12 @@ class GaussianDiffusion:
         device = self._device(model, device, x_start)
         shape = tuple(shape) if x_start is None else tuple(x_start.shape)
         x = self._randn(shape, generator, device) if x_start is None else x_start.to(device)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        coefs = self._ddim_coefs(seq, [*seq[1:], -1], eta, dtype)
         record = _Trajectory()
         for k, i in enumerate(tqdm(seq, desc="DDIM", disable=not progress, leave=False)):
-            i_prev = seq[k + 1] if k + 1 < len(seq) else -1
             noise = self._randn(shape, generator, device) if eta > 0 else None
-            x_prev, pred_x0 = self._ddim_step(model, x, i, i_prev, eta, clip_denoised, noise)
+            x_prev, pred_x0 = self._ddim_step(model, x, i, coefs[k], clip_denoised, noise)
             if return_trajectory:
                 record.add(i, x, pred_x0)
             x = x_prev
@@ -450,27 +512,27 @@ class GaussianDiffusion:
         the model at the step being moved to (no clipping: it would not be invertible).
         """
         seq = self._ddim_steps(steps)[::-1]
+        a_from, a_to = self._alpha_bars([-1, *seq[:-1]]), self._alpha_bars(seq)
+        dtype = torch.promote_types(x0.dtype, torch.float32)
+        coefs = torch.stack([(1 - a_from).sqrt(), a_from.sqrt(), a_to.sqrt(), (1 - a_to).sqrt()],
+                            dim=1).to(dtype).tolist()  # fmt: skip
         x = x0
         for k, i in enumerate(tqdm(seq, desc="DDIM encode", disable=not progress, leave=False)):
-            i_from = seq[k - 1] if k > 0 else -1
             t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
             eps = self._model_output(model, x, t)
             if self.model_mean_type != "eps":
                 pred = self._predict_x0(eps, x, t, clip_denoised=False)
-                eps = self.predict_eps_from_x0(x, t, pred)
-            a_from, a_to = self._alpha_bar(i_from), self._alpha_bar(i)
-            dtype = torch.promote_types(x.dtype, torch.float32)
-            pred_x0 = (x - (1 - a_from).sqrt().to(dtype).item() * eps) / a_from.sqrt().to(
-                dtype
-            ).item()
-            x = a_to.sqrt().to(dtype).item() * pred_x0 + (1 - a_to).sqrt().to(dtype).item() * eps
+                eps = self._eps_from_x0(x, t, pred)
+            s_from, r_from, r_to, s_to = coefs[k]
+            pred_x0 = (x - s_from * eps) / r_from
+            x = r_to * pred_x0 + s_to * eps
         return x
 
     # ------------------------------------------------------------------ losses and the bound
     def _vb_term_bpd(self, model, x0, xt, t, clip_denoised, decoder):
         """The bound's term for step t in bits/dim: KL L_t for t >= 1, the decoder L_0 at t = 0."""
-        true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, xt, t)
-        out = self.p_mean_variance(model, xt, t, clip_denoised=clip_denoised)
+        true_mean, _, true_log_var = self._q_posterior(x0, xt, t)
+        out = self._p_mean_variance(model, xt, t, clip_denoised)
         kl = (
             _mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / _LOG2
         )
@@ -508,14 +570,16 @@ class GaussianDiffusion:
             raise ValueError(
                 f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}"
             )
+        # called once per training step: the checks read nothing back (see _check_t)
         if loss_type == "vlb":
-            self._check_decoder(decoder, x0)
+            self._check_decoder(decoder, x0, sync=False)
         if t is None:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
-        t = self._check_t(t, x0)
+        t = self._check_t(t, x0, sync=False)
         if noise is None:
             noise = torch.randn_like(x0)
-        xt = self.q_sample(x0, t, noise)
+        self._check_noise(noise, x0)
+        xt = self._q_sample(x0, t, noise)
         if loss_type == "vlb":
             return self._vb_term_bpd(model, x0, xt, t, clip_denoised=False, decoder=decoder)[0]
         out = self._model_output(model, xt, t)
@@ -524,19 +588,30 @@ class GaussianDiffusion:
         elif self.model_mean_type == "x0":
             target = x0
         else:
-            target = self.q_posterior_mean_variance(x0, xt, t)[0]
+            target = self._q_posterior(x0, xt, t)[0]
         return _mean_flat((out - target) ** 2)
 
     @staticmethod
-    def _check_decoder(decoder: str, x0: torch.Tensor) -> None:
+    def _check_decoder(decoder: str, x0: torch.Tensor, *, sync: bool = True) -> None:
+        """Check the decoder's name and, for the discretized one, that x0 lies in [-1, 1] (with
+        ``sync=False`` on the device, without a read; see :meth:`_check_t`)."""
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
-        if decoder == "discretized" and (x0.min() < -1 - 1e-6 or x0.max() > 1 + 1e-6):
-            raise ValueError(
+        if decoder != "discretized":
+            return
+
+        def out_of_range() -> ValueError:
+            lo, hi = torch.stack([x0.min(), x0.max()]).tolist()
+            return ValueError(
                 "the discretized decoder expects data scaled to [-1, 1] (got values in "
-                f"{x0.min().item():.3g}..{x0.max().item():.3g}); rescale x -> 2x - 1 or use "
-                "decoder='gaussian'"
+                f"{lo:.3g}..{hi:.3g}); rescale x -> 2x - 1 or use decoder='gaussian'"
             )
+
+        in_range = (x0.abs() <= 1 + 1e-6).all()
+        if not sync:
+            _check_on_device(in_range, out_of_range)
+        elif not in_range:
+            raise out_of_range()
 
     def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
         """L_T = KL(q(x_T | x_0) || N(0, I)) in bits/dim, per example (no parameters to learn).
@@ -586,7 +661,7 @@ class GaussianDiffusion:
         for i in tqdm(range(T - 1, -1, -1), desc="bound", disable=not progress, leave=False):
             t = torch.full((B,), i, dtype=torch.long, device=x0.device)
             noise = self._randn(x0.shape, generator, x0.device)
-            xt = self.q_sample(x0, t, noise)
+            xt = self._q_sample(x0, t, noise)
             term, out = self._vb_term_bpd(model, x0, xt, t, clip_denoised, decoder)
             terms[:, i] = term
             mse[:, i] = _mean_flat((out["pred_x0"] - x0) ** 2)
@@ -657,7 +732,7 @@ class GaussianDiffusion:
         x1, x2, n1, n2 = (v.expand(expand) for v in (x1, x2, n1, n2))
         lam = lam.reshape(-1, *([1] * (x1.ndim - 1)))
         t = self._check_t(t, x1)
-        xt = (1 - lam) * self.q_sample(x1, t, n1) + lam * self.q_sample(x2, t, n2)
+        xt = (1 - lam) * self._q_sample(x1, t, n1) + lam * self._q_sample(x2, t, n2)
         return self.sample(
             model,
             expand,

@@ -76,6 +76,7 @@ def test_eta_one_ddim_with_all_steps_is_ancestral_with_beta_tilde():
     noise = torch.randn(3, 1, 4, 4, generator=gen, dtype=torch.float64)
     model = ex._constant_model(eps)
     for t in (999, 500, 1):
-        ddim, _ = diffusion._ddim_step(model, xt, t, t - 1, 1.0, True, noise)
+        coefs = diffusion._ddim_coefs([t], [t - 1], 1.0, torch.float64)[0]
+        ddim, _ = diffusion._ddim_step(model, xt, t, coefs, True, noise)
         ancestral = diffusion.p_sample(model, xt, t, noise=noise, clip_denoised=True)
         assert torch.allclose(ddim, ancestral, atol=1e-8)

@@ -163,7 +163,8 @@ def _ddim_cases() -> list[tuple]:
 
 def _ddim_reference(xt, t, t_prev, eps, betas):
     diffusion = GaussianDiffusion(betas)
-    x_prev, _ = diffusion._ddim_step(_constant_model(eps), xt, t, t_prev, 0.0, True, None)
+    coefs = diffusion._ddim_coefs([t], [t_prev], 0.0, torch.promote_types(xt.dtype, torch.float32))
+    x_prev, _ = diffusion._ddim_step(_constant_model(eps), xt, t, coefs[0], True, None)
     return x_prev
 
 
