@@ -219,7 +219,8 @@ def _hub() -> _Hub:
 
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:200]
+    line = f"{type(e).__name__}: {text[0] if text else ''}"
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 def _verify(path: Path, meta: dict) -> None:

@@ -382,6 +382,16 @@ def test_not_downloaded_and_offline_give_one_line_errors(cache, monkeypatch):
         load_pretrained("cifar")
 
 
+def test_offline_huggingface_hub_gives_one_line_error(cache, monkeypatch):
+    """The real client, in its offline mode (it refuses before any request is made)."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(NotDownloadedError, match="OfflineModeIsEnabled.*copy a downloaded") as e:
+        pretrained.download("ema-cat")
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
 def test_corrupted_download_is_deleted_and_reported(cache, tmp_path, monkeypatch):
     ours = UNet.from_preset("digits")
     from ddpm import GaussianDiffusion, linear_beta_schedule
