@@ -285,6 +285,7 @@ def bits_per_dim_estimate(
             calls += len(pilot) * len(_pilot_grid(T, 32))
         p = _check_proposal(proposal, T)
         p_dev = p.to(device)
+        p_gen = p.to(generator.device) if generator is not None else p  # draw t where g lives
         starts = range(0, n, batch_size)
         for s in tqdm(starts, desc="bits/dim (sampled t)", disable=not progress, unit="batch"):
             xb = x[s : s + batch_size].to(device=device, dtype=torch.float32)
@@ -293,7 +294,7 @@ def bits_per_dim_estimate(
             L0 = _kl_terms(diffusion, model, xb, zero, generator, clip, decoder)
             kl = torch.zeros(B, dtype=torch.float64, device=device)
             for _ in range(steps_per_image):
-                t = torch.multinomial(p, B, replacement=True, generator=generator).to(device)
+                t = torch.multinomial(p_gen, B, replacement=True, generator=generator).to(device)
                 kl += _kl_terms(diffusion, model, xb, t, generator, clip, decoder) / p_dev[t]
             LT = diffusion.prior_bpd(xb).double()
             per_image.append((LT + L0 + kl / steps_per_image).cpu())
