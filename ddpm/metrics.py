@@ -2,7 +2,8 @@
 
 - ``bits_per_dim``: the test-set negative log-likelihood bound of the paper's Table 1 (the full
   variational bound, eq. 5, in bits/dim), with its per-step terms for the rate/distortion view of
-  Fig. 5 (``rate_distortion``).
+  Fig. 5 (``rate_distortion``); ``bits_per_dim_estimate``, the same bound estimated without
+  bias from a few sampled steps per image (importance sampling), with its standard error.
 - ``inception_fid``: the Frechet Inception Distance (Heusel et al. 2017), the paper's sample-quality
   number (FID 3.17 on CIFAR-10), computed by ``torchmetrics`` with torch-fidelity's InceptionV3.
   It needs the InceptionV3 weights (downloaded once, ~100 MB); offline without them it raises
@@ -41,6 +42,8 @@ __all__ = [
     "MetricUnavailableError",
     "bits_per_dim",
     "rate_distortion",
+    "bits_per_dim_estimate",
+    "importance_proposal",
     "inception_fid",
     "inception_weights_path",
     "DigitsClassifier",
@@ -173,6 +176,157 @@ def rate_distortion(result: dict) -> dict[str, torch.Tensor]:
     rate = result["prior_bpd"] + after
     distortion = result["x0_mse"].double().clamp(min=0).sqrt() * 127.5
     return {"rate_bpd": rate.float(), "distortion_rmse": distortion.float()}
+
+
+# ====================================================================== bits/dim, sampled steps
+def _kl_terms(diffusion, model, x, t, generator, clip_denoised, decoder) -> torch.Tensor:
+    """The bound's term at the per-image steps ``t`` [B] (bits/dim), one fresh noise draw each."""
+    noise = diffusion._randn(x.shape, generator, x.device)
+    xt = diffusion.q_sample(x, t, noise)
+    return diffusion._vb_term_bpd(model, x, xt, t, clip_denoised, decoder)[0].double()
+
+
+def _pilot_grid(T: int, steps: int) -> np.ndarray:
+    return np.unique(np.round(np.geomspace(1, T - 1, steps)).astype(int))
+
+
+@torch.no_grad()
+def importance_proposal(
+    diffusion,
+    model,
+    x_pilot: torch.Tensor,
+    *,
+    steps: int = 32,
+    mix: float = 0.1,
+    generator: torch.Generator | None = None,
+    clip_denoised: bool | None = None,
+    decoder: str = "discretized",
+) -> torch.Tensor:
+    """A proposal p(t) [T] over the KL steps t = 1..T-1 for ``bits_per_dim_estimate``.
+
+    The one-draw estimate L_t / p(t) of sum_t L_t has the least variance for p(t) proportional
+    to sqrt(E[L_t^2]). That is measured on the pilot images (in [-1, 1]) at ``steps``
+    geometrically spaced steps (one model call each: the terms fall steeply with t),
+    interpolated in log space, and mixed with the uniform distribution (weight ``mix``), so no
+    weight L_t / p(t) exceeds (T - 1) L_t / mix. p[0] = 0: L_0 is computed, not sampled.
+    """
+    T = diffusion.num_timesteps
+    if T < 2 or steps < 2 or not 0.0 < mix <= 1.0:
+        raise ValueError(f"need T >= 2, steps >= 2 and 0 < mix <= 1; got {T}, {steps}, {mix}")
+    diffusion._check_decoder(decoder, x_pilot)
+    clip = decoder == "discretized" if clip_denoised is None else clip_denoised
+    x = _as_images(x_pilot, "x_pilot").to(device=_model_device(model), dtype=torch.float32)
+    rms, grid = [], _pilot_grid(T, steps)
+    for i in grid:
+        t = torch.full((len(x),), int(i), dtype=torch.long, device=x.device)
+        term = _kl_terms(diffusion, model, x, t, generator, clip, decoder)
+        rms.append(float(term.pow(2).mean().sqrt()))
+    log_rms = np.log(np.maximum(np.asarray(rms), 1e-30))
+    shape = np.exp(np.interp(np.arange(1, T), grid, log_rms))
+    p = np.concatenate([[0.0], (1 - mix) * shape / shape.sum() + mix / (T - 1)])
+    return torch.from_numpy(p)
+
+
+@torch.no_grad()
+def bits_per_dim_estimate(
+    diffusion,
+    model,
+    data,
+    *,
+    steps_per_image: int = 4,
+    proposal: torch.Tensor | None = None,
+    pilot_images: int = 16,
+    batch_size: int = 64,
+    max_images: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    clip_denoised: bool | None = None,
+    decoder: str = "discretized",
+    device: torch.device | str | None = None,
+) -> dict:
+    """An unbiased estimate of ``bits_per_dim``'s bound (eq. 5) at a fraction of its cost.
+
+    Per image, L_T (closed form) and L_0 (one model call) are computed as in the full sum; the
+    sum of the KL terms over t = 1..T-1 is estimated by importance sampling,
+    sum_t L_t = E_{t~p}[L_t / p(t)], averaging ``steps_per_image`` independent draws of t (each
+    with fresh noise). The per-image estimates are independent and each is unbiased for that
+    image's bound, so their mean is unbiased for the test-set bound and ``bpd_stderr`` (their
+    standard deviation / sqrt(N)) is its standard error, covering both the images and the draws.
+    Cost: 1 + ``steps_per_image`` model calls per image instead of T (plus the pilot).
+
+    ``proposal``: p(t) [T] (normalised here; p[0] is ignored); default ``importance_proposal``
+    measured on the first ``pilot_images`` images. Other arguments as in ``bits_per_dim``.
+
+    Returns ``bpd``, ``bpd_stderr``, ``per_image_bpd`` [N], ``prior_bpd`` and ``l0_bpd`` (means
+    of L_T and L_0), ``proposal`` [T], ``num_images``, ``model_calls`` (images x calls).
+    """
+    x = _as_images(data)
+    if max_images is not None:
+        if max_images < 1:
+            raise ValueError(f"max_images must be >= 1, got {max_images}")
+        x = x[:max_images]
+    if batch_size < 1 or steps_per_image < 1 or pilot_images < 1:
+        raise ValueError("batch_size, steps_per_image and pilot_images must be >= 1")
+    T = diffusion.num_timesteps
+    if T < 2:
+        raise ValueError("with T = 1 there is nothing to sample: use bits_per_dim")
+    diffusion._check_decoder(decoder, x[:batch_size])
+    clip = decoder == "discretized" if clip_denoised is None else clip_denoised
+    device = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training if isinstance(model, nn.Module) else None
+    if was_training is not None:
+        model.eval()
+    n, calls = len(x), 0
+    per_image, prior, l0 = [], [], []
+    try:
+        if proposal is None:
+            pilot = x[:pilot_images].to(device=device, dtype=torch.float32)
+            proposal = importance_proposal(diffusion, model, pilot, generator=generator,
+                                           clip_denoised=clip, decoder=decoder)  # fmt: skip
+            calls += len(pilot) * len(_pilot_grid(T, 32))
+        p = _check_proposal(proposal, T)
+        p_dev = p.to(device)
+        p_gen = p.to(generator.device) if generator is not None else p  # draw t where g lives
+        starts = range(0, n, batch_size)
+        for s in tqdm(starts, desc="bits/dim (sampled t)", disable=not progress, unit="batch"):
+            xb = x[s : s + batch_size].to(device=device, dtype=torch.float32)
+            B = len(xb)
+            zero = torch.zeros(B, dtype=torch.long, device=device)
+            L0 = _kl_terms(diffusion, model, xb, zero, generator, clip, decoder)
+            kl = torch.zeros(B, dtype=torch.float64, device=device)
+            for _ in range(steps_per_image):
+                t = torch.multinomial(p_gen, B, replacement=True, generator=generator).to(device)
+                kl += _kl_terms(diffusion, model, xb, t, generator, clip, decoder) / p_dev[t]
+            LT = diffusion.prior_bpd(xb).double()
+            per_image.append((LT + L0 + kl / steps_per_image).cpu())
+            prior.append(LT.cpu())
+            l0.append(L0.cpu())
+            calls += B * (1 + steps_per_image)
+    finally:
+        if was_training is not None:
+            model.train(was_training)
+    total = torch.cat(per_image)
+    stderr = float(total.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    return {
+        "bpd": float(total.mean()),
+        "bpd_stderr": stderr,
+        "per_image_bpd": total.float(),
+        "prior_bpd": float(torch.cat(prior).mean()),
+        "l0_bpd": float(torch.cat(l0).mean()),
+        "proposal": p.float(),
+        "num_images": n,
+        "model_calls": calls,
+    }
+
+
+def _check_proposal(proposal, T: int) -> torch.Tensor:
+    """p(t) [T] as float64 on the CPU, p[0] = 0, normalised; a clear error if unusable."""
+    p = torch.as_tensor(proposal, dtype=torch.float64).flatten().cpu().clone()
+    if p.shape != (T,) or not torch.isfinite(p).all() or (p < 0).any() or p[1:].sum() <= 0:
+        raise ValueError(f"proposal must hold {T} finite non-negative weights (one per step) "
+                         "with a positive sum over t >= 1")  # fmt: skip
+    p[0] = 0.0
+    return p / p.sum()
 
 
 # ====================================================================== Inception FID

@@ -112,6 +112,22 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+class Downsample(nn.Conv2d):
+    """Halve the resolution: a stride-2 conv3x3, padded as TensorFlow's 'SAME' does.
+
+    For stride 2 on an even side, 'SAME' pads 0 rows/columns before and 1 after (the total
+    padding, kernel - stride = 1, goes to the end). Symmetric padding (1, 1) would shift every
+    output by one input pixel: same parameters, a different function, so the original weights
+    would not compute the paper's model. Parameters are those of ``nn.Conv2d(ch, ch, 3, 2)``.
+    """
+
+    def __init__(self, ch: int):
+        super().__init__(ch, ch, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (0, 1, 0, 1)))  # (left, right, top, bottom)
+
+
 @dataclass
 class UNetConfig:
     """Hyperparameters of the U-Net. The defaults are the paper's CIFAR-10 model (35.7M)."""
@@ -172,6 +188,11 @@ PRESETS: dict[str, UNetConfig] = {
     "cifar10": UNetConfig(),
     # MNIST / Fashion-MNIST padded to 32x32: the CIFAR-10 architecture at half the width.
     "mnist": UNetConfig(in_channels=1, ch=64),
+    # The paper's CelebA-HQ and LSUN (church, bedroom, cat) models, 256x256: six levels, attention
+    # at 16x16 only, no dropout; 113,673,219 parameters, the count of the released models.
+    "ddpm256": UNetConfig(
+        image_size=256, ch_mult=(1, 1, 2, 2, 4, 4), attn_resolutions=(16,), dropout=0.0
+    ),
     # scikit-learn's 8x8 digits (or resized, image_size=16): 0.7M parameters, minutes on a CPU.
     # Attention at the lowest resolution; no dropout, since short CPU runs underfit.
     "digits": UNetConfig(
@@ -222,8 +243,8 @@ class UNet(nn.Module):
                 ch = c.ch * mult
                 stage.attns.append(attn(ch, res))
                 skip_chs.append(ch)
-            # Halve H and W with a stride-2 conv3x3 (the original pads 'SAME', i.e. (0, 1)).
-            stage.downsample = nn.Conv2d(ch, ch, 3, 2, 1) if level < len(c.ch_mult) - 1 else None
+            # Halve H and W with a stride-2 conv3x3, padded 'SAME' as in the original: (0, 1).
+            stage.downsample = Downsample(ch) if level < len(c.ch_mult) - 1 else None
             if stage.downsample is not None:
                 skip_chs.append(ch)
             self.down.append(stage)
@@ -249,7 +270,7 @@ class UNet(nn.Module):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> UNet:
-        """A model from ``PRESETS`` ('cifar10', 'mnist', 'digits'), with fields overridden.
+        """A model from ``PRESETS`` ('cifar10', 'ddpm256', 'mnist', 'digits'), fields overridden.
 
         Overriding ``image_size`` alone rescales the preset's ``attn_resolutions`` with it, so
         attention stays at the same depth (``from_preset('digits', image_size=16)`` attends at 8).

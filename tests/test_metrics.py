@@ -305,3 +305,95 @@ def test_inception_fid_corrupt_local_weights(no_network, tmp_path):
     x = torch.rand(4, 1, 8, 8) * 2 - 1
     with pytest.raises(MetricUnavailableError, match="not readable"):
         inception_fid(x, x, weights_path=bad)
+
+
+# ---------------------------------------------------------------------- bits/dim, sampled steps
+@pytest.fixture(scope="module")
+def hundred_steps():
+    """T = 100 and a model whose bound terms vary by orders of magnitude with t."""
+    diffusion = GaussianDiffusion(linear_beta_schedule(100, 1e-3, 0.1, rescale=False))
+    return diffusion, ClosedFormEps(diffusion)
+
+
+def random_images(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 1, 4, 4), generator=g) / 127.5 - 1
+
+
+def test_importance_proposal_is_a_distribution_over_the_kl_steps(hundred_steps):
+    diffusion, model = hundred_steps
+    p = metrics.importance_proposal(diffusion, model, random_images(16, 0), mix=0.2,
+                                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert p.shape == (100,) and p[0] == 0 and p.sum().item() == pytest.approx(1, abs=1e-12)
+    assert p[1:].min().item() >= 0.2 / 99 * (1 - 1e-9)  # the uniform share bounds the weights
+    full = diffusion.vlb_terms(model, random_images(16, 0))["terms_bpd"].double()
+    rms = full[:, 1:].pow(2).mean(0).sqrt()
+    assert torch.corrcoef(torch.stack([p[1:].log(), rms.log()]))[0, 1] > 0.9  # p ~ sqrt(E L_t^2)
+
+
+def test_sampled_bound_is_unbiased_and_its_error_bar_is_honest(hundred_steps):
+    """Each estimate lies within 3 standard errors of the full sum on the same images, the
+    spread of estimates over fresh images and draws matches the reported standard error, and
+    the error shrinks like 1/sqrt(N)."""
+    diffusion, model = hundred_steps
+    x = random_images(200, 1)
+    full = bits_per_dim(diffusion, model, x, generator=torch.Generator().manual_seed(0),
+                        progress=False)["bpd"]  # fmt: skip
+    ests = []
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        r = metrics.bits_per_dim_estimate(diffusion, model, x, progress=False, generator=g)
+        assert abs(r["bpd"] - full) < 3 * r["bpd_stderr"]
+        assert r["num_images"] == 200 and r["model_calls"] < 200 * 100 / 10
+        ests.append(r)
+    # the pieces: L_T exactly as the full sum's
+    assert ests[0]["prior_bpd"] == pytest.approx(diffusion.prior_bpd(x).double().mean().item())
+    # 1/sqrt(N): a quarter of the images, twice the error (the error's own error is ~10%)
+    quarter = metrics.bits_per_dim_estimate(diffusion, model, x[:50], progress=False,
+                                            generator=torch.Generator().manual_seed(9))  # fmt: skip
+    assert 1.5 < quarter["bpd_stderr"] / ests[0]["bpd_stderr"] < 2.7
+    # honest: over fresh images and draws, the estimates scatter by about their standard error
+    spread = [
+        metrics.bits_per_dim_estimate(diffusion, model, random_images(40, 100 + s),
+                                      progress=False, generator=torch.Generator().manual_seed(s))
+        for s in range(16)
+    ]  # fmt: skip
+    sd = np.std([r["bpd"] for r in spread], ddof=1)
+    se = np.mean([r["bpd_stderr"] for r in spread])
+    assert 0.6 < sd / se < 1.6
+
+
+def test_sampled_bound_without_importance_weights_would_be_caught(hundred_steps):
+    """A uniform proposal is unbiased too, but noisier; dropping the 1/p(t) weight is not."""
+    diffusion, model = hundred_steps
+    x = random_images(200, 1)
+    full = bits_per_dim(diffusion, model, x, generator=torch.Generator().manual_seed(0),
+                        progress=False)["bpd"]  # fmt: skip
+    uniform = torch.ones(100)
+    g = torch.Generator().manual_seed(0)
+    r_u = metrics.bits_per_dim_estimate(diffusion, model, x, proposal=uniform, generator=g,
+                                        progress=False)  # fmt: skip
+    r_is = metrics.bits_per_dim_estimate(diffusion, model, x, progress=False,
+                                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert abs(r_u["bpd"] - full) < 3 * r_u["bpd_stderr"]
+    assert r_is["bpd_stderr"] < 0.7 * r_u["bpd_stderr"]  # importance sampling pays off
+    assert r_u["proposal"][0] == 0 and r_u["proposal"][1:].allclose(torch.full((99,), 1 / 99))
+    # what the estimate would be if the terms were averaged instead of weighted by 1/p(t):
+    terms = diffusion.vlb_terms(model, x, generator=torch.Generator().manual_seed(0))
+    unweighted = (terms["prior_bpd"] + terms["terms_bpd"][:, 0]
+                  + terms["terms_bpd"][:, 1:].mean(1)).mean().item()  # fmt: skip
+    assert abs(unweighted - full) > 10 * r_is["bpd_stderr"]
+
+
+def test_sampled_bound_rejects_bad_arguments(hundred_steps):
+    diffusion, model = hundred_steps
+    x = random_images(4, 0)
+    with pytest.raises(ValueError, match="proposal must hold 100"):
+        metrics.bits_per_dim_estimate(diffusion, model, x, proposal=torch.ones(10), progress=False)
+    with pytest.raises(ValueError, match="proposal must hold"):
+        metrics.bits_per_dim_estimate(diffusion, model, x, proposal=torch.zeros(100),
+                                      progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="steps_per_image"):
+        metrics.bits_per_dim_estimate(diffusion, model, x, steps_per_image=0, progress=False)
+    with pytest.raises(ValueError, match="discretized decoder"):
+        metrics.bits_per_dim_estimate(diffusion, model, x * 3, progress=False)

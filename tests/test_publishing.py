@@ -73,6 +73,23 @@ def test_build_job_installs_cpu_torch_then_runs_make_book_then_uploads(workflow)
     assert steps[upload]["with"]["path"] == "_build/html"
 
 
+def test_build_job_verifies_the_released_cifar10_model_before_building(workflow):
+    """A changed upload or a broken converter must stop the deployment, not reach the book."""
+    steps = workflow["jobs"]["build"]["steps"]
+    verify = step_index(
+        steps,
+        lambda s: "tools/verify_pretrained.py cifar10" in s.get("run", ""),
+        "runs tools/verify_pretrained.py cifar10",
+    )
+    book = step_index(
+        steps,
+        lambda s: re.search(r"^\s*make book\s*$", s.get("run", ""), re.M) is not None,
+        "runs `make book`",
+    )
+    assert verify < book and "continue-on-error" not in steps[verify]
+    assert (ROOT / "tools" / "verify_pretrained.py").is_file()
+
+
 def test_deploy_job_deploys_the_build_to_pages(workflow):
     deploy = workflow["jobs"]["deploy"]
     assert deploy["needs"] == "build"

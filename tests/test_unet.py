@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ddpm.unet import PRESETS, AttnBlock, UNet, UNetConfig, timestep_embedding
+from ddpm.unet import PRESETS, AttnBlock, Downsample, UNet, UNetConfig, timestep_embedding
 
 # Small enough to run in milliseconds, big enough to hold every kind of block: attention at both
 # resolutions, a 1x1 shortcut (16 -> 32 channels), a downsample and an upsample.
@@ -43,7 +43,8 @@ def n_params(model: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize(
     "name, overrides, batch",
-    [("cifar10", {}, 1), ("mnist", {}, 2), ("digits", {}, 3), ("digits", {"image_size": 16}, 3)],
+    [("cifar10", {}, 1), ("mnist", {}, 2), ("digits", {}, 3), ("digits", {"image_size": 16}, 3),
+     ("ddpm256", {"image_size": 64}, 1)],  # the 256x256 architecture on 64x64 inputs (CPU time)
 )
 def test_output_shape_equals_input_shape_for_every_preset(name, overrides, batch):
     torch.manual_seed(0)
@@ -57,7 +58,7 @@ def test_output_shape_equals_input_shape_for_every_preset(name, overrides, batch
 
 
 def test_every_preset_is_tested():
-    assert set(PRESETS) == {"cifar10", "mnist", "digits"}
+    assert set(PRESETS) == {"cifar10", "ddpm256", "mnist", "digits"}
 
 
 def test_cifar10_preset_has_the_original_releases_parameter_count():
@@ -68,6 +69,34 @@ def test_cifar10_preset_has_the_original_releases_parameter_count():
     assert (c.num_res_blocks, c.attn_resolutions, c.dropout) == (2, (16,), 0.1)
     # attention after each of the 2 down and 3 up blocks at 16x16, plus the middle one
     assert sum(isinstance(m, AttnBlock) for m in model.modules()) == 6
+
+
+def test_256_preset_has_the_released_models_parameter_count():
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = UNet.from_preset("ddpm256")
+    assert n_params(model) == 113_673_219  # google/ddpm-{celebahq,church,bedroom,cat}-256
+    c = model.config
+    assert (c.image_size, c.ch, c.ch_mult) == (256, 128, (1, 1, 2, 2, 4, 4))
+    assert (c.num_res_blocks, c.attn_resolutions, c.dropout) == (2, (16,), 0.0)
+    assert sum(isinstance(m, AttnBlock) for m in model.modules()) == 6
+
+
+def test_downsampling_pads_like_tensorflow_same():
+    """Stride 2 on an even side: 'SAME' pads nothing before and one row/column after, so output
+    (i, j) is centred on input (2i + 1, 2j + 1); symmetric padding would centre it on (2i, 2j)."""
+    down = Downsample(1)
+    with torch.no_grad():
+        down.weight.zero_()
+        down.bias.zero_()
+        down.weight[0, 0, 1, 1] = 1.0  # the kernel's centre: picks the input under it
+    x = torch.arange(64.0).reshape(1, 1, 8, 8)
+    torch.testing.assert_close(down(x), x[:, :, 1::2, 1::2], rtol=0, atol=0)
+    with torch.no_grad():
+        down.weight[0, 0, 1, 1] = 0.0
+        down.weight[0, 0, 2, 2] = 1.0  # bottom-right tap: past the edge, it reads the zero pad
+    out = down(x)
+    assert out[0, 0, -1].eq(0).all() and out[0, 0, :, -1].eq(0).all()
+    assert out.shape == (1, 1, 4, 4) and out[0, 0, 0, 0] == x[0, 0, 2, 2]
 
 
 def test_default_config_is_the_cifar10_preset():
