@@ -6,7 +6,7 @@
   cache and the figures all write through it.
 * A checkpoint is a dict of tensors and plain values saved with ``torch.save`` and read with
   ``torch.load(weights_only=True)``, which refuses to run code from a malicious pickle. It
-  carries ``format_version`` (:data:`FORMAT_VERSION`); files without one are version 1, from a
+  carries ``format_version`` (``FORMAT_VERSION``); files without one are version 1, from a
   UNet whose downsampling padded differently (same parameter shapes, other function), and are
   refused with a one-line :class:`CheckpointError` rather than loaded into wrong samples.
 * :class:`RunLock` holds ``RUN/train.lock`` (an exclusive ``flock`` on Linux and macOS) for the
@@ -238,7 +238,7 @@ class RunLock:
     """An exclusive lock on a run folder for the life of a training: ``with RunLock(run):``.
 
     ``RunFolderError`` when another live process holds it (naming its pid and host). A lock
-    file whose holder is dead is taken over; :attr:`notice` then says so. On Linux the lock is
+    file whose holder is dead is taken over; ``notice`` then says so. On Linux the lock is
     an ``flock``, which the kernel drops when its holder dies, even by ``kill -9``."""
 
     def __init__(self, run_dir):

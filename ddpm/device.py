@@ -22,6 +22,7 @@ import torch
 
 __all__ = [
     "AMP_CHOICES",
+    "CompiledOrEager",
     "amp_context",
     "cpu_has_native_bf16",
     "grad_scaler",
