@@ -207,3 +207,28 @@ def test_plan_steps_and_the_cut_chain():
     cut = paper_models.chain_from(full, 499)
     assert cut.num_timesteps == 500
     assert torch.equal(cut.alphas_cumprod, full.alphas_cumprod[:500])
+
+
+def test_book_model_methods_on_both_plans():
+    """The GPU plan's path (Algorithm 2 from any step) and the CPU plan's (DDIM on the cut
+    chain), on a tiny model with T = 25: shapes, ranges, and that x_t is what is continued."""
+    from ddpm import GaussianDiffusion, linear_beta_schedule
+    from ddpm.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet.from_preset("digits").eval()
+    diffusion = GaussianDiffusion(linear_beta_schedule(25))
+    info = {"clip_sample": True, "image_size": 8, "dataset": "digits", "repo": "-",
+            "num_params": 0}  # fmt: skip
+    for plan in (paper_models.Plan(None, 3, 2, 3), paper_models.Plan(4, 3, 2, 3)):
+        bm = paper_models.BookModel("x", model, diffusion, info, torch.device("cpu"), plan)
+        x, traj = bm.sample(3, seed=0)
+        assert x.shape == (3, 1, 8, 8) and x.abs().max() <= 1
+        assert traj["t"][0] == 24 and traj["t"][-1] == 0 and traj["xt"].shape[1:] == x.shape
+        again, _ = bm.sample(3, seed=0)
+        assert torch.equal(x, again)  # seeded on the CPU
+        runs = bm.continuations(traj["xt"][0, 0], 24, 2, seed=1)
+        assert runs.shape == (2, 1, 8, 8) and not torch.equal(runs[0], runs[1])  # stochastic
+        row = bm.interpolate(x[0], x[1], torch.linspace(0, 1, 3), 9, seed=2)
+        assert row.shape == (3, 1, 8, 8) and row.abs().max() <= 1
+        assert ("DDIM" in bm.caption("c")) == (plan.ddim_steps is not None)
