@@ -547,15 +547,22 @@ def _report_nearest_neighbours(samples, reference, train_images) -> None:
 
 
 def cmd_download(args) -> int:
-    from .pretrained import REGISTRY, download, is_downloaded, local_dir
+    from .pretrained import REGISTRY, download, is_downloaded, is_standin, local_dir
 
     if args.name not in REGISTRY:
         raise ValueError(f"unknown pretrained model {args.name!r}; known: {_pretrained_names()}")
     entry = REGISTRY[args.name]
-    if is_downloaded(args.name) and not args.force:
+    standin = is_standin(args.name)  # a test's random weights: replace them with the real ones
+    if is_downloaded(args.name) and not (args.force or standin):
         print(f"{args.name} is already downloaded: {local_dir(args.name)} (--force to fetch "
               "it again)")  # fmt: skip
         return 0
+    if standin:
+        import shutil
+
+        print(f"ddpm: note: deleting the stand-in (random weights) cached for {args.name}",
+              file=sys.stderr)  # fmt: skip
+        shutil.rmtree(local_dir(args.name))
     folder = download(args.name, force=args.force)
     print(f"{args.name} ({entry.repo}, {entry.dataset}) -> {folder}")
     print(f"model card and licence: {entry.url}")

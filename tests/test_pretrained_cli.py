@@ -147,12 +147,28 @@ def test_interpolate_256_model_needs_a_dataset(use_cache, tmp_path, capsys):
 
 def test_download_when_cached_does_not_touch_the_network(use_cache, tmp_path, capsys,
                                                          monkeypatch):  # fmt: skip
+    """A real download is kept; a stand-in is replaced (here: the hub is offline)."""
+    import json
+
     from ddpm import pretrained
 
     use_cache(tmp_path / "cache")
     write_standin("cifar10", small=True)
-    monkeypatch.setattr(pretrained, "_hub", lambda: pytest.fail("no network when cached"))
-    assert main(["download", "cifar10"]) == 0
+    calls = []
+
+    def offline():
+        calls.append(1)
+        raise pretrained.NotDownloadedError("cannot download cifar10: offline")
+
+    monkeypatch.setattr(pretrained, "_hub", offline)
+    assert main(["download", "cifar10"]) == 2 and calls == [1]
+    assert "deleting the stand-in" in capsys.readouterr().err
+    assert not pretrained.is_downloaded("cifar10")
+    folder = write_standin("cifar10", small=True)
+    manifest = json.loads((folder / pretrained.MANIFEST).read_text())
+    del manifest[pretrained.STANDIN_KEY]  # now it looks like a real download
+    (folder / pretrained.MANIFEST).write_text(json.dumps(manifest))
+    assert main(["download", "cifar10"]) == 0 and calls == [1]
     assert "already downloaded" in capsys.readouterr().out
 
 
