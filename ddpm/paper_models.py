@@ -80,7 +80,7 @@ class Plan:
         return f"{kind}, {self.ddim_steps} steps per 1000 from step t, not Algorithm 2"
 
 
-CPU_PLAN = Plan(ddim_steps=50, n_grid=16, n_branch=3, lambdas=9)
+CPU_PLAN = Plan(ddim_steps=50, n_grid=16, n_branch=3, lambdas=7)
 GPU_PLAN = Plan(ddim_steps=None, n_grid=36, n_branch=4, lambdas=9)
 GPU_PLAN_256 = Plan(ddim_steps=100, n_grid=4, n_branch=3, lambdas=7)
 
