@@ -459,10 +459,10 @@ def cmd_evaluate(args) -> int:
     model, diffusion, source, generator = _load(args)
     T = diffusion.num_timesteps
     if args.fid != "none":
-        if args.ddim_steps > T:
-            raise ValueError(f"--ddim-steps must be at most T = {T}")
         if args.num is not None:
             _check_sampling_memory(model, args.num, "--num")
+        if args.ddim_steps > T:
+            raise ValueError(f"--ddim-steps must be at most T = {T}")
     dataset = _dataset_name(args, source)
     kind = args.fid if args.fid != "auto" else ("digits" if dataset == "digits" else "inception")
     split = args.fid_reference or ("test" if kind == "digits" else "train")
