@@ -1,8 +1,11 @@
-"""The `ddpm` command line: `ddpm train | sample | interpolate | evaluate` (or `python -m ddpm`).
+"""The `ddpm` command line: `ddpm train | sample | interpolate | evaluate | download` (or
+`python -m ddpm`).
 
 ``ddpm train`` alone trains the quick ``digits`` preset (``--device auto``: on CUDA, else MPS, else
-the CPU); the other commands read a checkpoint that training wrote. Bad arguments end with a
-one-line message and a non-zero exit status, never a traceback.
+the CPU); ``sample``, ``interpolate`` and ``evaluate`` read a checkpoint that training wrote, or,
+with ``--pretrained NAME``, one of the paper's released models that ``ddpm download NAME`` put in
+the cache (they never download it themselves). Bad arguments end with a one-line message and a
+non-zero exit status, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 __all__ = ["main"]
 
@@ -139,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint into a PNG grid")
-    _checkpoint_args(p)
+    _model_args(p)
     p.add_argument("--num", type=_positive_int, default=64, help="number of samples (64)")
     p.add_argument("--sampler", choices=["ancestral", "ddim"], default="ancestral")
     p.add_argument("--ddim-steps", type=_positive_int, default=50, help="DDIM steps (50)")
@@ -149,30 +153,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", type=Path, help="also save the samples in [-1, 1] (.npz or .pt)")
 
     p = sub.add_parser("interpolate", help="interpolate between two test images (paper's 4.4)")
-    _checkpoint_args(p)
-    p.add_argument("--dataset", help="dataset to take the two images from (the model's)")
+    _model_args(p)
+    _dataset_arg(p, "to take the two test images from")
     p.add_argument("--pair", type=_int_list, default=[0, 1], help="test-set indices (0,1)")
     p.add_argument("--t", type=_int_list, help="diffusion steps, paper numbering (e.g. 100,500)")
     p.add_argument("--lambdas", type=_positive_int, default=9, help="values of lambda (9)")
     p.add_argument("--out", type=Path, default=Path("interpolation.png"), help="PNG figure")
     p.add_argument("--gif", type=Path, help="also write the last row as an animated GIF")
 
-    p = sub.add_parser("evaluate", help="bits/dim and FID of a checkpoint")
-    _checkpoint_args(p)
+    p = sub.add_parser("evaluate", help="bits/dim and FID of a checkpoint (the paper's Table 1)")
+    _model_args(p)
+    _dataset_arg(p, "whose test split gives bits/dim and the FID reference")
     p.add_argument("--num", type=_positive_int, help="samples for FID (default: test set size)")
     p.add_argument("--ddim-steps", type=_positive_int, default=50, help="DDIM steps (50)")
     p.add_argument("--bpd-images", type=_positive_int, default=32, help="test images for bits/dim")
-    p.add_argument("--fid", choices=["auto", "digits", "inception"], default="auto")
+    p.add_argument("--bpd-estimate", type=_positive_int, metavar="K",
+                   help="estimate the bound from K importance-sampled steps per image "
+                   "(unbiased, with its standard error; 1 + K model calls per image, not "
+                   "T)")  # fmt: skip
+    p.add_argument("--fid", choices=["auto", "digits", "inception", "none"], default="auto",
+                   help="auto: digits FID for a digits model, else Inception; none: bits/dim "
+                   "only")  # fmt: skip
+    p.add_argument("--fid-reference", choices=["train", "test"],
+                   help="the real images FID compares with: train (the paper's; the default for "
+                   "Inception FID) or test (the default for digits FID, whose real-data floor "
+                   "draws train images)")  # fmt: skip
+
+    p = sub.add_parser("download", help="download one of the paper's released models",
+                       description="Download one of the paper's released models from the Hugging "
+                       "Face hub into the cache (resumable, every file checked against the hub's "
+                       "hash); --pretrained NAME then uses it.")  # fmt: skip
+    p.add_argument("name", metavar="NAME", help=f"the model: {_pretrained_names()}")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
     return parser
 
 
-def _checkpoint_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", type=Path, help="a checkpoint file or a run folder")
+def _pretrained_names() -> str:
+    from .pretrained import REGISTRY
+
+    return ", ".join(REGISTRY)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """The model a command reads (a checkpoint, or --pretrained NAME), its seed and device."""
+    p.add_argument("checkpoint", type=Path, nargs="?",
+                   help="a checkpoint file or a run folder (or give --pretrained)")  # fmt: skip
+    p.add_argument("--pretrained", metavar="NAME",
+                   help="one of the paper's released models, from the cache (run `ddpm download "
+                   f"NAME` first): {_pretrained_names()}")  # fmt: skip
     p.add_argument("--seed", type=_seed, default=0, help="random seed (0)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA, else MPS, else CPU; the default), cpu, cuda, cuda:1, "
                    "mps")  # fmt: skip
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+
+
+def _dataset_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--dataset", help=f"the dataset {what} (default: the model's; e.g. "
+                   "folder:PATH)")  # fmt: skip
 
 
 # ---------------------------------------------------------------------- the commands
@@ -217,17 +255,70 @@ def _check_linear_schedule(config) -> None:
 
 
 def _load(args):
+    """``(model, diffusion, source, generator)`` from the checkpoint or the ``--pretrained`` model.
+
+    ``source`` says what the model was trained on: ``dataset`` (a ``load_dataset`` name, or None
+    when ddpm has no loader for it), ``image_size``, ``label``, and ``clip`` (whether sampling
+    clips the predicted x0 by default).
+    """
     import torch
 
     from .train import load_model
 
-    if not args.checkpoint.exists():
-        raise FileNotFoundError(f"no checkpoint or run folder at {args.checkpoint}")
-    device = _check_device(args.device)
-    model, diffusion, config = load_model(args.checkpoint, ema=not args.no_ema, device=device)
+    if (args.checkpoint is None) == (args.pretrained is None):
+        both = args.checkpoint is not None
+        raise ValueError("give a checkpoint or --pretrained NAME, not both" if both else
+                         "give a checkpoint file or run folder, or --pretrained NAME")  # fmt: skip
+    if args.pretrained is not None:
+        device = _check_device(args.device)
+        model, diffusion, source = _load_pretrained(args.pretrained, args.no_ema, device)
+    else:
+        if not args.checkpoint.exists():
+            raise FileNotFoundError(f"no checkpoint or run folder at {args.checkpoint}")
+        device = _check_device(args.device)
+        model, diffusion, config = load_model(args.checkpoint, ema=not args.no_ema, device=device)
+        source = SimpleNamespace(dataset=config.dataset, image_size=config.image_size,
+                                 label=f"the {config.dataset} data", clip=True)  # fmt: skip
     model.eval()
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    return model, diffusion, config, generator
+    return model, diffusion, source, generator
+
+
+# the released models' datasets that ddpm.data loads (the others need --dataset folder:PATH)
+_PRETRAINED_DATASETS = {"CIFAR-10": "cifar10"}
+
+
+def _load_pretrained(name: str, no_ema: bool, device):
+    """A released model from the cache only: a missing one is an error naming the command."""
+    from .pretrained import load_pretrained
+
+    if no_ema:
+        raise ValueError("--no-ema chooses between a checkpoint's weights; a released model has "
+                         "one set (the ema-* names are the EMA releases)")  # fmt: skip
+    model, diffusion, info = load_pretrained(name, device=device, download=False)
+    if info["standin"]:
+        print(f"ddpm: note: the cached {name} is a STAND-IN with random weights (a test cache), "
+              "not the paper's model", file=sys.stderr)  # fmt: skip
+    source = SimpleNamespace(dataset=_PRETRAINED_DATASETS.get(info["dataset"]),
+                             image_size=info["image_size"], label=info["dataset"],
+                             clip=info["clip_sample"])  # fmt: skip
+    return model, diffusion, source
+
+
+def _check_images(images, model, dataset: str) -> None:
+    """A dataset whose images the model cannot take is a one-line error, not a shape error."""
+    want = _image_shape(model, 1)[1:]
+    if tuple(images.shape[1:]) != want:
+        raise ValueError(f"the {dataset} images are {tuple(images.shape[1:])}, the model takes "
+                         f"{want} (C, H, W); choose another --dataset")  # fmt: skip
+
+
+def _dataset_name(args, source) -> str:
+    name = args.dataset or source.dataset
+    if name is None:
+        raise ValueError(f"ddpm has no loader for {source.label}: give its images with "
+                         "--dataset folder:PATH")  # fmt: skip
+    return name
 
 
 def _write(path, save) -> None:
@@ -280,12 +371,12 @@ def cmd_sample(args) -> int:
     check_output_path(args.out, "--out")  # before the work, not after it
     if args.raw is not None:
         check_output_path(args.raw, "--raw")
-    model, diffusion, _, generator = _load(args)
+    model, diffusion, source, generator = _load(args)
     if args.sampler == "ddim" and args.ddim_steps > diffusion.num_timesteps:
         raise ValueError(f"--ddim-steps must be at most T = {diffusion.num_timesteps}")
     _check_sampling_memory(model, args.num, "--num")
     shape = _image_shape(model, args.num)
-    clip = not args.no_clip
+    clip = source.clip and not args.no_clip
     if args.sampler == "ddim":
         x = diffusion.ddim_sample(
             model,
@@ -323,7 +414,7 @@ def cmd_interpolate(args) -> int:
     check_output_path(args.out, "--out")
     if args.gif is not None:
         check_output_path(args.gif, "--gif")
-    model, diffusion, config, generator = _load(args)
+    model, diffusion, source, generator = _load(args)
     T = diffusion.num_timesteps
     steps = args.t or sorted({max(1, T // 10), T // 4, T // 2})
     bad = [t for t in steps if not 1 <= t <= T]
@@ -333,7 +424,9 @@ def cmd_interpolate(args) -> int:
         raise ValueError(f"--pair takes two test-set indices, got {args.pair}")
     if args.lambdas < 2:
         raise ValueError("--lambdas must be at least 2 (lambda = 0 and 1)")
-    data = load_dataset(args.dataset or config.dataset, "test", image_size=config.image_size)
+    dataset = _dataset_name(args, source)
+    data = load_dataset(dataset, "test", image_size=source.image_size)
+    _check_images(data.data, model, dataset)
     if max(args.pair) >= len(data) or min(args.pair) < 0:
         raise ValueError(f"--pair indices must lie in 0..{len(data) - 1}, got {args.pair}")
     device = next(model.parameters()).device
@@ -361,74 +454,133 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import torch
-
     from .data import load_dataset
-    from .metrics import (
-        bits_per_dim,
-        digits_fid,
-        digits_fid_floor,
-        inception_fid,
-        nearest_neighbour_distance,
-    )
 
-    model, diffusion, config, generator = _load(args)
-    if args.num is not None:
-        _check_sampling_memory(model, args.num, "--num")
-    test = load_dataset(config.dataset, "test", image_size=config.image_size)
-    train_set = load_dataset(config.dataset, "train", image_size=config.image_size)
-    bpd = bits_per_dim(diffusion, model, test.data, max_images=args.bpd_images)
+    model, diffusion, source, generator = _load(args)
+    T = diffusion.num_timesteps
+    if args.fid != "none":
+        if args.num is not None:
+            _check_sampling_memory(model, args.num, "--num")
+        if args.ddim_steps > T:
+            raise ValueError(f"--ddim-steps must be at most T = {T}")
+    dataset = _dataset_name(args, source)
+    kind = args.fid if args.fid != "auto" else ("digits" if dataset == "digits" else "inception")
+    split = args.fid_reference or ("test" if kind == "digits" else "train")
+    if kind == "digits" and split == "train":
+        raise ValueError("--fid digits compares with the test split (its real-data floor draws "
+                         "train images); drop --fid-reference train")  # fmt: skip
+    test = load_dataset(dataset, "test", image_size=source.image_size)
+    _check_images(test.data, model, dataset)
+    _report_bits_per_dim(args, diffusion, model, test, generator)
+    if args.fid == "none":
+        return 0
+    train_set = load_dataset(dataset, "train", image_size=source.image_size, flip=False)
+    num = args.num or len(test)
+    samples = diffusion.ddim_sample(
+        model, _image_shape(model, num), steps=args.ddim_steps, generator=generator,
+        progress=sys.stderr.isatty(),
+    ).cpu()  # fmt: skip
+    reference = (train_set if split == "train" else test).data[:num]
+    if kind == "digits":
+        _report_digits_fid(args, source, samples, reference)
+    else:
+        from .metrics import inception_fid
+
+        fid = inception_fid(reference, samples)
+        print(f"Inception FID (DDIM {args.ddim_steps} steps, N = {num}, against {len(reference)} "
+              f"{split} images): {fid:.2f}")  # fmt: skip
+    _report_nearest_neighbours(samples, reference, train_set.data)
+    return 0
+
+
+def _report_bits_per_dim(args, diffusion, model, test, generator) -> None:
+    """The bound of Table 1's "NLL Test": the full sum over T steps per image, or the
+    importance-sampled estimate of it (--bpd-estimate K)."""
+    from .metrics import bits_per_dim, bits_per_dim_estimate
+
+    progress = sys.stderr.isatty()
+    if args.bpd_estimate is None:
+        bpd = bits_per_dim(diffusion, model, test.data, max_images=args.bpd_images,
+                           progress=progress)  # fmt: skip
+        how = "bound"
+    else:
+        bpd = bits_per_dim_estimate(
+            diffusion, model, test.data, steps_per_image=args.bpd_estimate,
+            max_images=args.bpd_images, pilot_images=min(16, args.bpd_images),
+            generator=generator, progress=progress,
+        )  # fmt: skip
+        how = f"bound estimated from {args.bpd_estimate} sampled steps per image"
     print(
-        f"bits/dim (bound, first {bpd['num_images']} test images): "
+        f"bits/dim ({how}, first {bpd['num_images']} test images): "
         f"{bpd['bpd']:.3f} +- {bpd['bpd_stderr']:.3f} (L_T {bpd['prior_bpd']:.2e})"
     )
-    num = args.num or len(test)
-    if args.ddim_steps > diffusion.num_timesteps:
-        raise ValueError(f"--ddim-steps must be at most T = {diffusion.num_timesteps}")
-    samples = diffusion.ddim_sample(
-        model, _image_shape(model, num), steps=args.ddim_steps, generator=generator
-    ).cpu()
-    kind = (
-        args.fid
-        if args.fid != "auto"
-        else ("digits" if config.dataset == "digits" else "inception")
+
+
+def _report_digits_fid(args, source, samples, reference) -> None:
+    import torch
+
+    from .metrics import digits_fid, digits_fid_floor
+
+    if source.dataset != "digits" or samples.shape[-1] != 8:
+        raise ValueError("--fid digits needs a model of the 8x8 digits; use --fid inception")
+    fid = digits_fid(samples, reference)
+    floors = torch.tensor([
+        digits_fid_floor(len(reference), reference=reference,
+                         generator=torch.Generator().manual_seed(seed))
+        for seed in range(5)
+    ])  # fmt: skip
+    print(
+        f"digits FID (DDIM {args.ddim_steps} steps, N = {len(samples)}): {fid:.2f}; real train "
+        f"vs test at the same N (5 draws): {floors.mean():.2f} +- {floors.std():.2f}"
     )
-    reference = test.data[:num]
-    if kind == "digits":
-        if config.dataset != "digits" or samples.shape[-1] != 8:
-            raise ValueError("--fid digits needs a model of the 8x8 digits; use --fid inception")
-        fid = digits_fid(samples, reference)
-        floors = torch.tensor([
-            digits_fid_floor(len(reference), reference=reference,
-                             generator=torch.Generator().manual_seed(seed))
-            for seed in range(5)
-        ])  # fmt: skip
-        print(
-            f"digits FID (DDIM {args.ddim_steps} steps, N = {num}): {fid:.2f}; real train vs "
-            f"test at the same N (5 draws): {floors.mean():.2f} +- {floors.std():.2f}"
-        )
-    else:
-        fid = inception_fid(reference, samples)
-        print(f"Inception FID (DDIM {args.ddim_steps} steps, N = {num}): {fid:.2f}")
-    nn_samples = nearest_neighbour_distance(samples, train_set.data).mean().item()
-    nn_test = nearest_neighbour_distance(reference, train_set.data).mean().item()
+
+
+def _report_nearest_neighbours(samples, reference, train_images) -> None:
+    from .metrics import nearest_neighbour_distance
+
+    nn_samples = nearest_neighbour_distance(samples, train_images).mean().item()
+    nn_real = nearest_neighbour_distance(reference, train_images).mean().item()
     print(
         f"nearest-neighbour distance to the train set: samples {nn_samples:.3f}, "
-        f"test images {nn_test:.3f} (much smaller for samples would mean memorisation)"
+        f"test images {nn_real:.3f} (much smaller for samples would mean memorisation)"
     )
+
+
+def cmd_download(args) -> int:
+    from .pretrained import REGISTRY, download, is_downloaded, is_standin, local_dir
+
+    if args.name not in REGISTRY:
+        raise ValueError(f"unknown pretrained model {args.name!r}; known: {_pretrained_names()}")
+    entry = REGISTRY[args.name]
+    standin = is_standin(args.name)  # a test's random weights: replace them with the real ones
+    if is_downloaded(args.name) and not (args.force or standin):
+        print(f"{args.name} is already downloaded: {local_dir(args.name)} (--force to fetch "
+              "it again)")  # fmt: skip
+        return 0
+    if standin:
+        import shutil
+
+        print(f"ddpm: note: deleting the stand-in (random weights) cached for {args.name}",
+              file=sys.stderr)  # fmt: skip
+        shutil.rmtree(local_dir(args.name))
+    folder = download(args.name, force=args.force)
+    print(f"{args.name} ({entry.repo}, {entry.dataset}) -> {folder}")
+    print(f"model card and licence: {entry.url}")
     return 0
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """What ends a command with one line: bad values, files, the OS, the device, memory."""
+    """What ends a command with one line: bad values, files, the OS, the device, memory, a
+    released model that is not downloaded or cannot be read."""
     import torch
 
     from .data import DatasetUnavailableError
     from .metrics import MetricUnavailableError
+    from .pretrained import PretrainedError
     from .train import DivergedError
 
     return (ValueError, OSError, DatasetUnavailableError, MetricUnavailableError, DivergedError,
-            MemoryError, torch.OutOfMemoryError)  # fmt: skip
+            PretrainedError, MemoryError, torch.OutOfMemoryError)  # fmt: skip
 
 
 # Hints that the Python API gives in its own argument names, said in this command line's flags.
@@ -462,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         "sample": cmd_sample,
         "interpolate": cmd_interpolate,
         "evaluate": cmd_evaluate,
+        "download": cmd_download,
     }[args.command]
     try:
         return command(args)

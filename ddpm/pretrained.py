@@ -42,6 +42,7 @@ __all__ = [
     "REGISTRY",
     "local_dir",
     "is_downloaded",
+    "is_standin",
     "download",
     "load_pretrained",
     "load_folder",
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 MANIFEST = "ddpm_download.json"  # written last by download(): its presence means complete
+# A manifest with this key set true marks a stand-in cache (random weights, written by the
+# tests): the book refuses it unless told otherwise, the command line says so.
+STANDIN_KEY = "standin"
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
@@ -120,6 +124,14 @@ def local_dir(name: str) -> Path:
 def is_downloaded(name: str) -> bool:
     """Whether ``download(name)`` has completed (its manifest is written last)."""
     return (local_dir(name) / MANIFEST).is_file()
+
+
+def is_standin(name: str) -> bool:
+    """Whether the cached copy of ``name`` is a stand-in with random weights (its manifest says
+    so; a real download never does). False when nothing is cached."""
+    if not is_downloaded(name):
+        return False
+    return bool(_read_json(local_dir(name) / MANIFEST).get(STANDIN_KEY, False))
 
 
 # ====================================================================== files and hashes
@@ -547,8 +559,8 @@ def load_pretrained(
 
     Uses the cached copy in ``local_dir(name)``; when there is none, downloads it if
     ``download``, else raises ``NotDownloadedError`` naming the command that fetches it.
-    ``info`` adds the registry entry (``repo``, ``revision``, ``commit``, ``ema``, ``url``) to
-    ``load_folder``'s.
+    ``info`` adds the registry entry (``repo``, ``revision``, ``commit``, ``ema``, ``url``) and
+    ``standin`` (true for a test cache of random weights, see ``is_standin``) to ``load_folder``'s.
     """
     entry = _entry(name)
     if not is_downloaded(name):
@@ -561,7 +573,10 @@ def load_pretrained(
     manifest = _read_json(folder / MANIFEST)
     model, diffusion, info = _build(folder, manifest["plan"], device)
     registry = {k: v for k, v in asdict(entry).items() if k != "preset"}  # keep the loaded one
-    info.update(name=name, commit=manifest.get("commit"), **registry, url=entry.url)
+    standin = bool(manifest.get(STANDIN_KEY, False))
+    info.update(
+        name=name, commit=manifest.get("commit"), **registry, url=entry.url, standin=standin
+    )
     return model, diffusion, info
 
 
