@@ -216,8 +216,6 @@ ARCH_FIELDS = ("dataset", "image_size", "model", "model_overrides", "timesteps",
                "beta_start", "beta_end", "model_mean_type", "model_var_type",
                "conditional")  # fmt: skip
 
-STEPS_DIGITS_COND = 300
-
 PRESETS = {
     # Quick mode (CPU: 7-10 steps/s on 2 cores, so about 3 min). EMA 0.995 (a ~200-step
     # horizon) and 200 warmup steps: with the paper's 0.9999 (a ~10k-step horizon)
@@ -242,7 +240,7 @@ PRESETS = {
     # trains it within its budget. Short on purpose: unguided, its samples are the requested
     # digit only about 3 times in 4, which leaves guidance something to improve.
     "digits-cond": dict(name="digits-cond", dataset="digits", model="digits", batch_size=128,
-                        lr=1e-3, warmup_steps=100, ema_decay=0.99, steps=STEPS_DIGITS_COND,
+                        lr=1e-3, warmup_steps=100, ema_decay=0.99, steps=300,
                         conditional=True, label_dropout=0.1, log_every=50, sample_every=0,
                         ckpt_every=0),
 }  # fmt: skip
