@@ -301,3 +301,20 @@ def test_old_checkpoint_config_without_the_new_fields_resumes(tmp_path):
     torch.save(ckpt, path)
     T._check_arch(ckpt["config"], config, path)  # no error
     assert json.loads(json.dumps(ckpt["config"]))["dataset"] == "digits"
+
+
+def test_cli_train_flags(capsys):
+    from ddpm.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--preset", "digits-cond", "--label-dropout", "0.2",
+                              "--no-conditional"])  # fmt: skip
+    assert args.preset == "digits-cond" and args.label_dropout == 0.2 and not args.conditional
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--label-dropout", "1.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "expected a probability in [0, 1]" in err[-1]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "digits-cond" in text and "--conditional" in text and "--label-dropout" in text
