@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (default: the quick digits preset, on CPU)",
                        description="Train a model. Every flag but --preset, --resume and "
                        "--overwrite overrides one field of the preset's TrainConfig.")  # fmt: skip
-    p.add_argument("--preset", default="digits", help="training preset: digits, mnist, cifar10")
+    p.add_argument("--preset", default="digits", help="training preset: digits, mnist, "
+                   "cifar10, or digits-cond (class-conditional digits with label dropout, for "
+                   "classifier-free guidance)")  # fmt: skip
     _train_flags(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(

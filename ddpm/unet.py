@@ -7,6 +7,9 @@ embedding (Vaswani et al. 2017) for the diffusion step t, added into every resid
 
 The network knows nothing about diffusion: ``model(x, t)`` maps images ``x`` [B, C, H, W] and
 zero-based integer steps ``t`` [B] to a tensor shaped like ``x`` (the predicted noise eps).
+Beyond the paper, ``num_classes`` makes it class-conditional, ``model(x, t, y)``: a learned
+embedding of the label ``y`` is added to the step embedding, with one extra row, the *null*
+class, for "no label" (classifier-free guidance, Ho & Salimans 2022; see ``ddpm.guidance``).
 Read it top to bottom: embedding, blocks, config and presets, the U-Net itself.
 """
 
@@ -141,6 +144,9 @@ class UNetConfig:
     attn_resolutions: tuple[int, ...] = (16,)  # add self-attention at these feature-map sizes
     dropout: float = 0.1
     num_groups: int = 32  # GroupNorm groups
+    # Class-conditional (not in the paper): labels 0..num_classes-1, plus the null class
+    # num_classes ("no label"), embedded and added to the step embedding. None: unconditional.
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
         self.ch_mult = tuple(self.ch_mult)
@@ -157,6 +163,12 @@ class UNetConfig:
         for name in ("in_channels", "image_size", "ch", "num_res_blocks", "num_groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.num_classes is not None and (
+            isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+            or self.num_classes < 1
+        ):
+            raise ValueError(f"num_classes must be a positive integer or None (unconditional), "
+                             f"got {self.num_classes!r}")  # fmt: skip
         if self.out_channels is not None and self.out_channels < 1:
             raise ValueError(f"out_channels must be positive or None, got {self.out_channels}")
         if not self.ch_mult or min(self.ch_mult) < 1:
@@ -202,6 +214,25 @@ PRESETS: dict[str, UNetConfig] = {
 }  # fmt: skip
 
 
+def _check_labels_on_device(y: torch.Tensor, num_classes: int) -> None:
+    """A one-line ValueError for labels outside 0..num_classes, without reading ``y`` back to
+    Python (the check is queued on the device; on a CPU it runs at once; where a device has no
+    asynchronous assertion, the flag is read)."""
+    ok = ((y >= 0) & (y <= num_classes)).all()
+
+    def error() -> ValueError:
+        return ValueError(f"labels y must lie in 0..{num_classes} ({num_classes} is the null "
+                          f"class), got values in {int(y.min())}..{int(y.max())}")  # fmt: skip
+
+    try:
+        torch._assert_async(ok, "ddpm: a label y is out of range")
+    except NotImplementedError:  # e.g. MPS: no asynchronous assertions
+        if not ok:
+            raise error() from None
+    except RuntimeError:
+        raise error() from None
+
+
 class UNet(nn.Module):
     """eps_theta(x, t): the DDPM U-Net (Ho et al. 2020, Appendix B).
 
@@ -211,6 +242,10 @@ class UNet(nn.Module):
     Parameters are initialised with PyTorch's defaults except the last conv of every residual
     block, of every attention block, and of the network, which start at zero (as in the
     original), so at initialisation the model outputs exactly zero.
+
+    With ``num_classes`` set, ``label_emb`` holds num_classes + 1 learned vectors, one per class
+    and the last for the null class, added to the step embedding; ``model(x, t)`` (``y=None``)
+    is the null class, the unconditional model.
     """
 
     def __init__(self, config: UNetConfig | None = None, **overrides):
@@ -223,6 +258,9 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(
             nn.Linear(c.ch, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch)
         )
+        # One vector per class, the last for the null class. Built after everything else, so
+        # the other parameters draw the same initial values as an unconditional model's.
+        self.label_emb: nn.Embedding | None = None
 
         def block(in_ch: int, out_ch: int) -> ResBlock:
             return ResBlock(in_ch, out_ch, temb_ch, c.dropout, c.num_groups)
@@ -267,6 +305,8 @@ class UNet(nn.Module):
 
         self.norm_out = _norm(ch, c.num_groups)
         self.conv_out = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
+        if c.num_classes is not None:
+            self.label_emb = nn.Embedding(c.num_classes + 1, temb_ch)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> UNet:
@@ -297,13 +337,39 @@ class UNet(nn.Module):
                              f"image), got shape {tuple(t.shape)}")  # fmt: skip
         return t
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+    def _labels(self, y, x: torch.Tensor) -> torch.Tensor:
+        """``y`` as a [B] long tensor; None is the null class. Checked without a host read."""
+        k = self.config.num_classes
+        if k is None:
+            if y is not None:
+                raise ValueError("this UNet is unconditional (num_classes=None): call it "
+                                 "without labels y, or build it with num_classes")  # fmt: skip
+            return None
+        if y is None:
+            return torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
+        y = torch.as_tensor(y, device=x.device)
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"labels y must be integers (class indices), got dtype {y.dtype}")
+        if y.ndim == 0:  # one label for the whole batch
+            y = y.expand(x.shape[0])
+        if tuple(y.shape) != (x.shape[0],):
+            raise ValueError(f"y must be a scalar or have shape [{x.shape[0]}] (one label per "
+                             f"image), got shape {tuple(y.shape)}")  # fmt: skip
+        _check_labels_on_device(y, k)
+        return y.long()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int, y=None) -> torch.Tensor:
         """Predict eps from ``x`` [B, C, H, W] and zero-based steps ``t`` [B] (a python int or a
         0-d tensor is broadcast to the whole batch). Returns a tensor shaped like ``x`` (in the
-        autocast dtype under autocast)."""
+        autocast dtype under autocast). A class-conditional model (``num_classes`` set) takes
+        labels ``y`` [B] (or one int) in 0..num_classes, num_classes being the null class;
+        ``y=None`` means the null class."""
         t = self._check_inputs(x, t)
+        y = self._labels(y, x)
         emb = timestep_embedding(t, self.config.ch).to(self.time_mlp[0].weight.dtype)
         temb = self.time_mlp(emb)
+        if y is not None:
+            temb = temb + self.label_emb(y)
 
         hs = [self.conv_in(x)]
         for stage in self.down:

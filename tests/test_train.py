@@ -146,7 +146,7 @@ def test_presets():
     assert d.steps == 10 and d.ema_decay < 0.9999 and d.warmup_steps > 0
     assert T.preset_config("mnist").model == "mnist"
     assert json.loads(json.dumps(c.to_dict())) == c.to_dict()
-    with pytest.raises(ValueError, match=r"\['cifar10', 'digits', 'mnist'\]"):
+    with pytest.raises(ValueError, match=r"\['cifar10', 'digits', 'digits-cond', 'mnist'\]"):
         T.preset_config("imagenet")
 
 
