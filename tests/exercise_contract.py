@@ -14,7 +14,7 @@ A test file declares its exercises and subclasses ``ExerciseContract``; the test
 parametrized per exercise (and per answer or mistake), so a failure names the exercise::
 
     class TestContract(ExerciseContract):
-        exercises = (Exercise(check_q_sample, notebook_q_sample, _Q_SAMPLE_MISTAKES),)
+        exercises = (Exercise(check_slerp, notebook_slerp, _SLERP_MISTAKES),)
 
 The file keeps only what is specific to its exercises (garbage inputs, special hints, ...).
 The test files import it as ``exercise_contract``: tests/ has no __init__.py, so pytest's default

@@ -5,55 +5,60 @@ from exercise_contract import Exercise, ExerciseContract
 
 from ddpm.exercises.forward import (
     _ALPHA_BAR_SNR_MISTAKES,
-    _Q_SAMPLE_MISTAKES,
+    _ZERO_TERMINAL_SNR_MISTAKES,
+    _zero_terminal_snr_reference,
     check_alpha_bar_snr,
-    check_q_sample,
+    check_zero_terminal_snr,
 )
+from ddpm.schedules import cosine_beta_schedule, linear_beta_schedule
 
 # --------------------------------------------------------------------------- Exercise 1.1
 
 
-def notebook_q_sample(x0, t, noise, alphas_cumprod):
+def notebook_zero_terminal_snr(betas):
     """The solution printed in book/01_forward_process.ipynb (Exercise 1.1)."""
-    abar = alphas_cumprod[t].reshape(-1, *([1] * (x0.ndim - 1)))
-    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    s = torch.cumprod(1 - betas, dim=0).sqrt()  # sqrt(alpha-bar_t)
+    s = (s - s[-1]) * s[0] / (s[0] - s[-1])  # s[0] kept, s[-1] moved to 0
+    abar = s**2
+    alphas = abar / torch.cat([abar.new_ones(1), abar[:-1]])
+    return 1 - alphas
 
 
-def q_sample_float32_tables(x0, t, noise, alphas_cumprod):
-    """Also right: indexing first and computing the coefficients in the data's dtype."""
-    abar = alphas_cumprod.to(x0.dtype)[t]
-    shape = (len(t),) + (1,) * (x0.ndim - 1)
-    return torch.sqrt(abar).view(shape) * x0 + torch.sqrt(1.0 - abar).view(shape) * noise
+def zero_terminal_snr_in_log_space(betas):
+    """Also right: the same rescaling, the alphas as a ratio in log space (beta_T = 1 exactly)."""
+    s = torch.exp(0.5 * torch.cumsum(torch.log1p(-betas), dim=0))
+    s = (s - s[-1]) / (s[0] - s[-1]) * s[0]
+    log_abar = 2 * torch.log(s[:-1])
+    alphas = torch.exp(log_abar - torch.cat([log_abar.new_zeros(1), log_abar[:-1]]))
+    return torch.cat([1 - alphas, betas.new_ones(1)])
 
 
-def test_q_sample_prints_its_verdict(capsys):
-    check_q_sample(notebook_q_sample)
+def test_zero_terminal_snr_prints_its_verdict(capsys):
+    check_zero_terminal_snr(notebook_zero_terminal_snr)
     assert "[PASS] Exercise 1.1" in capsys.readouterr().out
 
 
-def test_q_sample_rejects_garbage():
+def test_zero_terminal_snr_keeps_the_first_step_and_ends_at_zero():
+    """The reference itself: alpha-bar_T = 0, beta_T = 1, beta_1 unchanged, betas in (0, 1]."""
+    for betas in (linear_beta_schedule(1000), cosine_beta_schedule(1000)):
+        new = _zero_terminal_snr_reference(betas)
+        abar = torch.cumprod(1 - new, dim=0)
+        assert abar[-1] == 0 and new[-1] == 1
+        # beta_1 = 1 - alpha-bar_1 cancels: float64 rounding (1e-16) over beta_1 (4e-5) is ~1e-11
+        assert torch.isclose(new[0], betas[0], rtol=1e-9, atol=0)
+        assert (new[:-1] > 0).all() and (new[:-1] < 1).all()
+
+
+def test_zero_terminal_snr_rejects_garbage():
     for garbage in (
-        lambda x0, t, noise, ab: torch.zeros_like(x0),
-        lambda x0, t, noise, ab: noise,  # pure noise, whatever t
-        lambda x0, t, noise, ab: x0,  # no noise at all
-        lambda x0, t, noise, ab: "x_t",
-        lambda x0, t, noise, ab: x0.flatten(),
+        lambda betas: betas,  # unchanged: terminal SNR still > 0
+        lambda betas: torch.cumprod(1 - betas, 0),  # alpha-bar instead of the betas
+        lambda betas: betas[:-1],  # wrong length
+        lambda betas: None,
     ):
-        result = check_q_sample(garbage, verbose=False)
+        result = check_zero_terminal_snr(garbage, verbose=False)
         assert not result
         assert "Hint" not in result.message
-
-
-def test_q_sample_reports_a_broadcasting_bug():
-    """Forgetting to reshape alpha-bar[t] to [B, 1, ..., 1] crashes on images: say so."""
-
-    def no_reshape(x0, t, noise, alphas_cumprod):
-        abar = alphas_cumprod[t]
-        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-
-    result = check_q_sample(no_reshape, verbose=False)
-    assert not result
-    assert "raised RuntimeError" in result.message
 
 
 # --------------------------------------------------------------------------- Exercise 1.2
@@ -101,10 +106,10 @@ class TestContract(ExerciseContract):
 
     exercises = (
         Exercise(
-            check_q_sample,
-            notebook_q_sample,
-            _Q_SAMPLE_MISTAKES,
-            also_right=[q_sample_float32_tables],
+            check_zero_terminal_snr,
+            notebook_zero_terminal_snr,
+            _ZERO_TERMINAL_SNR_MISTAKES,
+            also_right=[zero_terminal_snr_in_log_space],
         ),
         Exercise(
             check_alpha_bar_snr,

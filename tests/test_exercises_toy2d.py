@@ -5,10 +5,10 @@ import torch
 from exercise_contract import Exercise, ExerciseContract
 
 from ddpm.exercises.toy2d import (
-    _OPTIMAL_EPS_MISTAKES,
     _TRAINING_LOSS_MISTAKES,
-    check_optimal_eps,
+    _X0_LOSS_MISTAKES,
     check_training_loss,
+    check_x0_loss,
 )
 
 # --------------------------------------------------------------------------- Exercise 5.1
@@ -47,49 +47,37 @@ def test_training_loss_rejects_garbage():
 # --------------------------------------------------------------------------- Exercise 5.2
 
 
-def notebook_optimal_eps(xt, t, alphas_cumprod, mu, s):
+def notebook_x0_loss(model, x0, t, noise, betas):
     """The solution printed in book/05_ddpm_2d.ipynb (Exercise 5.2)."""
-    abar = alphas_cumprod[t][:, None]
-    return (1 - abar).sqrt() * (xt - abar.sqrt() * mu) / (abar * s**2 + 1 - abar)
+    abar = torch.cumprod(1 - betas, dim=0)[t].to(x0.dtype)[:, None]
+    xt = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    snr = abar[:, 0] / (1 - abar[:, 0])
+    return snr * ((x0 - model(xt, t)) ** 2).mean(dim=1)
 
 
-def optimal_eps_by_score(xt, t, alphas_cumprod, mu, s):
-    """Also right: Tweedie, E[eps | x_t] = -sqrt(1 - abar) * score of q(x_t), by autograd."""
-    abar = alphas_cumprod[t][:, None]
-    x = xt.clone().requires_grad_(True)
-    var = abar * s**2 + 1 - abar
-    log_q = (-0.5 * (x - abar.sqrt() * mu) ** 2 / var).sum()
-    (score,) = torch.autograd.grad(log_q, x)
-    return -(1 - abar).sqrt() * score
+def x0_loss_through_eps(model, x0, t, noise, betas):
+    """Also right: turn the x0 prediction into an eps prediction and take L_simple per example
+    (the identity the weight stands for)."""
+    abar = torch.cumprod(1 - betas, dim=0)[t].to(x0.dtype)[:, None]
+    xt = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    eps_hat = (xt - abar.sqrt() * model(xt, t)) / (1 - abar).sqrt()
+    return ((noise - eps_hat) ** 2).mean(dim=1)
 
 
-def test_optimal_eps_rejects_garbage():
+def test_x0_loss_prints_its_verdict(capsys):
+    check_x0_loss(notebook_x0_loss)
+    assert "[PASS] Exercise 5.2" in capsys.readouterr().out
+
+
+def test_x0_loss_rejects_garbage():
     for garbage in (
-        lambda xt, t, alphas_cumprod, mu, s: torch.zeros_like(xt),
-        lambda xt, t, alphas_cumprod, mu, s: torch.randn_like(xt),
-        lambda xt, t, alphas_cumprod, mu, s: xt[:, :1],
+        lambda model, x0, t, noise, betas: torch.zeros(len(x0)),
+        lambda model, x0, t, noise, betas: ((model(x0, t) - x0) ** 2).mean(dim=1),  # no noise
+        lambda model, x0, t, noise, betas: "a loss",
     ):
-        assert not check_optimal_eps(garbage, verbose=False)
-
-
-def test_optimal_eps_minimises_the_training_loss():
-    """The reference really is E[eps | x_t]: nudging it in any direction raises the Monte Carlo
-    mean squared error (the minimum of L_simple for Gaussian data)."""
-    from ddpm import GaussianDiffusion, linear_beta_schedule
-
-    d = GaussianDiffusion(linear_beta_schedule(100))
-    mu, s, n = torch.tensor([0.4, -0.7], dtype=torch.float64), 0.6, 200_000
-    gen = torch.Generator().manual_seed(0)
-    x0 = mu + s * torch.randn(n, 2, generator=gen, dtype=torch.float64)
-    noise = torch.randn(n, 2, generator=gen, dtype=torch.float64)
-    t = torch.full((n,), 30)
-    xt = d.q_sample(x0, t, noise)
-    best = notebook_optimal_eps(xt, t, d.alphas_cumprod, mu, s)
-    mse = ((best - noise) ** 2).mean()
-    abar = d.alphas_cumprod[30]
-    assert abs(mse - abar * s**2 / (abar * s**2 + 1 - abar)) < 0.005  # Var(eps | x_t)
-    for scale in (0.9, 1.1):
-        assert ((scale * best - noise) ** 2).mean() > mse
+        result = check_x0_loss(garbage, verbose=False)
+        assert not result
+        assert "Hint" not in result.message
 
 
 class TestContract(ExerciseContract):
@@ -103,9 +91,9 @@ class TestContract(ExerciseContract):
             also_right=[training_loss_with_the_package],
         ),
         Exercise(
-            check_optimal_eps,
-            notebook_optimal_eps,
-            _OPTIMAL_EPS_MISTAKES,
-            also_right=[optimal_eps_by_score],
+            check_x0_loss,
+            notebook_x0_loss,
+            _X0_LOSS_MISTAKES,
+            also_right=[x0_loss_through_eps],
         ),
     )

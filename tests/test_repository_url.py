@@ -27,13 +27,16 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = chapter_notebooks(ROOT)
 
 
-def _comments(source: str) -> list[str]:
+def _comments(source: str) -> str:
+    """The text of the comments, however they are wrapped into lines."""
     tokens = tokenize.generate_tokens(io.StringIO(source).readline)
-    return [tok.string for tok in tokens if tok.type == tokenize.COMMENT]
+    words = [tok.string.lstrip("#").strip() for tok in tokens if tok.type == tokenize.COMMENT]
+    return " ".join(" ".join(words).split())
 
 
 def _same_code(a: str, b: str) -> bool:
-    """Same statements and comments, whatever the layout (ruff format may rewrap the cell)."""
+    """Same statements and comments, whatever the layout (ruff format may rewrap the cell,
+    tools/reflow_notebooks.py its comments)."""
     return ast.dump(ast.parse(a)) == ast.dump(ast.parse(b)) and _comments(a) == _comments(b)
 
 
@@ -66,8 +69,10 @@ def test_every_chapter_starts_with_the_colab_cell(chapter):
 
 def test_same_code_sees_a_changed_url_or_comment_but_not_the_layout():
     cell = colab_cell_source("https://github.com/a/b")
-    rewrapped = cell.replace('"-q", f"ddpm', '"-q",\n        f"ddpm')
-    assert _same_code(cell, rewrapped)
+    rewrapped = cell.replace('"-q", package]', '"-q",\n        package]')
+    assert rewrapped != cell and _same_code(cell, rewrapped)
+    comments_rewrapped = cell.replace("repository\n# (does", "repository (does\n#")
+    assert comments_rewrapped != cell and _same_code(cell, comments_rewrapped)
     assert not _same_code(cell, colab_cell_source("https://github.com/a/c"))
     assert not _same_code(cell, cell.replace("# Colab only", "# Colab"))
 

@@ -62,17 +62,21 @@ def repository_url(root: Path = ROOT) -> str:
 
 def colab_cell_source(url: str) -> str:
     """The code of the Colab install cell that opens every chapter (tagged ``remove-cell``)."""
+    # laid out as ruff formats it at the book's 78 columns (book/ruff.toml)
     return (
-        "# Colab only: install the ddpm package from the book's repository"
-        " (does nothing elsewhere).\n"
+        "# Colab only: install the ddpm package from the book's repository\n"
+        "# (does nothing elsewhere).\n"
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
         "    import subprocess\n"
         "\n"
-        f'    url = "{url}"  # the repository (see README, "Publishing")\n'
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q",'
-        ' f"ddpm[metrics] @ git+{url}"],\n' + " " * 19 + "check=True)"
+        '    # the repository (see README, "Publishing")\n'
+        f'    url = "{url}"\n'
+        '    package = f"ddpm[metrics] @ git+{url}"\n'
+        "    subprocess.run(\n"
+        '        [sys.executable, "-m", "pip", "install", "-q", package], check=True\n'
+        "    )"
     )
 
 

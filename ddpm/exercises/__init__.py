@@ -6,11 +6,12 @@ lists the typical mistakes (e.g. sqrt(alpha_t) where sqrt(alpha-bar_t) belongs, 
 off-by-one step), and if the learner's output equals what a mistake would give, the hint names
 that mistake. Chapters call a checker right after the exercise::
 
-    from ddpm.exercises.forward import check_q_sample
-    check_q_sample(my_q_sample)          # prints a verdict and returns a CheckResult
+    from ddpm.exercises.forward import check_zero_terminal_snr
+    check_zero_terminal_snr(my_fn)       # prints a verdict and returns a CheckResult
 
 A ``CheckResult`` is truthy when the answer is right, so the book's own solutions are tested with
-``assert check_q_sample(q_sample)``. Each chapter's checkers live in a module of this package.
+``assert check_zero_terminal_snr(zero_terminal_snr)``. Each chapter's checkers live in a module
+of this package.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Checkers for chapter 1, the forward process.
 
-- Exercise 1.1, :func:`check_q_sample`: draw x_t ~ q(x_t | x_0) in closed form (eq. 4 of Ho et
-  al. 2020) for a batch of code indices t, given alpha-bar as a table.
+- Exercise 1.1, :func:`check_zero_terminal_snr`: rescale a schedule so that alpha-bar_T = 0
+  (zero terminal SNR, Lin et al. 2024): sqrt(alpha-bar_t) shifted and stretched linearly.
 - Exercise 1.2, :func:`check_alpha_bar_snr`: alpha-bar_t and the signal-to-noise ratio
   SNR_t = alpha-bar_t / (1 - alpha-bar_t) from the betas.
 
@@ -15,11 +15,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..diffusion import GaussianDiffusion
 from ..schedules import cosine_beta_schedule, linear_beta_schedule, schedule_quantities
 from . import CheckResult, Mistake, grade
 
-__all__ = ["check_q_sample", "check_alpha_bar_snr"]
+__all__ = ["check_zero_terminal_snr", "check_alpha_bar_snr"]
 
 # A short schedule with large steps: every step visibly changes alpha-bar, so an off-by-one
 # index cannot hide behind the tiny betas of the paper's schedule.
@@ -33,95 +32,67 @@ def _schedules() -> list[torch.Tensor]:
 # --------------------------------------------------------------------------- Exercise 1.1
 
 
-def _betas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    abar = alphas_cumprod.to(torch.float64)
-    prev = torch.cat([abar.new_ones(1), abar[:-1]])
-    return 1.0 - abar / prev
+def _ztsnr_with(
+    rescale: str = "sqrt", last_beta: float | None = None, keep_first: bool = True
+) -> Callable:
+    """Rescale a schedule to zero terminal SNR (Lin et al. 2024, Algorithm 1), as given.
 
+    ``rescale``: which quantity is shifted and stretched linearly ("sqrt": sqrt(alpha-bar), the
+    right one; "abar": alpha-bar itself). ``last_beta``: clip beta_T to this value.
+    ``keep_first``: stretch so that the first value is kept (else only shift).
+    """
 
-def _reshape(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return values.reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def _q_sample_reference(x0, t, noise, alphas_cumprod):
-    diffusion = GaussianDiffusion(_betas_from_alphas_cumprod(alphas_cumprod))
-    return diffusion.q_sample(x0, t, noise)
-
-
-def _q_sample_with(mean_coef: Callable, noise_coef: Callable) -> Callable:
-    """A q_sample that computes its two coefficients from (alphas_cumprod, t) as given."""
-
-    def fn(x0, t, noise, alphas_cumprod):
-        abar = alphas_cumprod.to(torch.float64)
-        a = _reshape(mean_coef(abar, t), x0)
-        b = _reshape(noise_coef(abar, t), x0)
-        return a * x0 + b * noise
+    def fn(betas):
+        abar = torch.cumprod(1 - betas.to(torch.float64), dim=0)
+        v = abar.sqrt() if rescale == "sqrt" else abar
+        first, last = v[0].clone(), v[-1].clone()
+        v = v - last
+        if keep_first:
+            v = v * first / (first - last)
+        abar = v**2 if rescale == "sqrt" else v
+        alphas = abar / torch.cat([abar.new_ones(1), abar[:-1]])
+        new = 1 - alphas
+        if last_beta is not None:
+            new[-1] = last_beta
+        return new
 
     return fn
 
 
-def _alphas(abar: torch.Tensor) -> torch.Tensor:
-    return 1.0 - _betas_from_alphas_cumprod(abar)
+_zero_terminal_snr_reference = _ztsnr_with()
 
-
-_Q_SAMPLE_MISTAKES = [
+_ZERO_TERMINAL_SNR_MISTAKES = [
     Mistake(
-        "you used sqrt(alpha_t), the one-step factor, where sqrt(alpha-bar_t) belongs: "
-        "q(x_t | x_0) jumps over all steps 1..t at once, so it needs the product "
-        "alpha-bar_t = alpha_1 ... alpha_t (alphas_cumprod[t]).",
-        _q_sample_with(
-            lambda ab, t: _alphas(ab)[t].sqrt(), lambda ab, t: (1 - _alphas(ab)[t]).sqrt()
-        ),
+        "you shifted and stretched alpha-bar itself; Lin et al. rescale sqrt(alpha-bar_t), the "
+        "factor in front of x_0 in eq. 4 (the signal's amplitude), and square it afterwards.",
+        _ztsnr_with(rescale="abar"),
     ),
     Mistake(
-        "off by one step: code index t is already the paper's step t+1, so use "
-        "alphas_cumprod[t], not alphas_cumprod[t-1] (which, at t = 0, even wraps around to the "
-        "last step).",
-        _q_sample_with(lambda ab, t: ab[t - 1].sqrt(), lambda ab, t: (1 - ab[t - 1]).sqrt()),
+        "you only subtracted sqrt(alpha-bar_T): that also lowers sqrt(alpha-bar_1), so the "
+        "first steps add more noise than before. Stretch by sqrt(alpha-bar_1) / (sqrt(alpha-bar_1)"
+        " - sqrt(alpha-bar_T)) too, so that the first step is unchanged.",
+        _ztsnr_with(keep_first=False),
     ),
     Mistake(
-        "you scaled the noise by the variance (1 - alpha-bar_t) instead of the standard "
-        "deviation sqrt(1 - alpha-bar_t): to get variance s^2 from eps ~ N(0, 1), multiply by s.",
-        _q_sample_with(lambda ab, t: ab[t].sqrt(), lambda ab, t: 1 - ab[t]),
-    ),
-    Mistake(
-        "the mean's coefficient is sqrt(alpha-bar_t), not alpha-bar_t.",
-        _q_sample_with(lambda ab, t: ab[t], lambda ab, t: (1 - ab[t]).sqrt()),
-    ),
-    Mistake(
-        "the two coefficients are swapped: x0 gets sqrt(alpha-bar_t) (large at small t) and the "
-        "noise gets sqrt(1 - alpha-bar_t).",
-        _q_sample_with(lambda ab, t: (1 - ab[t]).sqrt(), lambda ab, t: ab[t].sqrt()),
+        "you clipped the last beta to 0.999 (as the cosine schedule does): that puts back a "
+        "nonzero terminal SNR. With zero terminal SNR beta_T is exactly 1, alpha-bar_T = 0.",
+        _ztsnr_with(last_beta=0.999),
     ),
 ]
 
 
-def _q_sample_cases() -> list[tuple]:
-    gen = torch.Generator().manual_seed(1)
-    cases = []
-    for betas, shape in zip(_schedules(), [(6, 1, 8, 8), (5, 3), (5,)], strict=True):
-        T = len(betas)
-        abar = schedule_quantities(betas).alphas_cumprod
-        # the edge steps 0 and T-1 and a few in between, all in one batch
-        t = torch.tensor([0, T - 1, T // 2, 1, T // 3, 0][: shape[0]], dtype=torch.long)
-        x0 = torch.rand(shape, generator=gen) * 2 - 1
-        noise = torch.randn(shape, generator=gen)
-        cases.append((x0, t, noise, abar))
-    return cases
+def check_zero_terminal_snr(fn: Callable, verbose: bool = True) -> CheckResult:
+    """Exercise 1.1: ``fn(betas) -> new_betas``, the schedule rescaled to zero terminal SNR.
 
-
-def check_q_sample(fn: Callable, verbose: bool = True) -> CheckResult:
-    """Exercise 1.1: ``fn(x0, t, noise, alphas_cumprod) -> x_t``.
-
-    ``x0`` and ``noise`` are [B, ...], ``t`` is a long tensor [B] of code indices (each sample
-    its own step), ``alphas_cumprod`` the float64 table alpha-bar (length T).
+    ``betas`` is a float64 tensor of length T; the answer keeps sqrt(alpha-bar_1), ends at
+    alpha-bar_T = 0 (beta_T = 1), and is linear in sqrt(alpha-bar_t) in between.
     """
     return grade(
-        "1.1 (q_sample)",
+        "1.1 (zero terminal SNR)",
         fn,
-        _q_sample_reference,
-        _q_sample_cases(),
-        _Q_SAMPLE_MISTAKES,
+        _zero_terminal_snr_reference,
+        [(b,) for b in _schedules()],
+        _ZERO_TERMINAL_SNR_MISTAKES,
         verbose=verbose,
     )
 

@@ -2,8 +2,8 @@
 
 - Exercise 2.1, :func:`check_posterior`: the mean mu-tilde_t and variance beta-tilde_t of the
   forward process posterior q(x_{t-1} | x_t, x_0) (eqs. 6-7 of Ho et al. 2020).
-- Exercise 2.2, :func:`check_predict_x0_from_eps`: the estimate of x_0 from x_t and the noise,
-  eq. 4 solved for x_0.
+- Exercise 2.2, :func:`check_posterior_skip`: the posterior q(x_s | x_t, x_0) over several
+  steps, s < t, which samplers that skip steps use.
 
 Both learner functions take the schedule as a float64 tensor ``betas`` (length T) and a long
 tensor ``t`` [B] of code indices. Code index ``t`` in ``0..T-1`` is the paper's step ``t + 1``:
@@ -21,7 +21,7 @@ from ..diffusion import GaussianDiffusion
 from ..schedules import cosine_beta_schedule, linear_beta_schedule, schedule_quantities
 from . import CheckResult, Mistake, grade
 
-__all__ = ["check_posterior", "check_predict_x0_from_eps"]
+__all__ = ["check_posterior", "check_posterior_skip"]
 
 # Large steps: every step changes alpha-bar visibly, so an off-by-one index cannot hide behind
 # the tiny betas of the paper's schedule, and beta and beta-tilde differ at every step.
@@ -33,11 +33,8 @@ def _reshape(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return values.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def _cases(kind: str) -> list[tuple]:
-    """Inputs for both exercises: (a, b, t, betas) with realistic x_t = q_sample(x0, t, eps).
-
-    ``kind`` is ``"posterior"`` (a, b = x0, x_t) or ``"x0"`` (a, b = x_t, eps).
-    """
+def _cases() -> list[tuple]:
+    """Inputs for exercise 2.1: (x0, x_t, t, betas) with realistic x_t = q_sample(x0, t, eps)."""
     gen = torch.Generator().manual_seed(2)
     schedules = [
         (linear_beta_schedule(1000), (6, 3), [0, 999, 1, 2, 500, 0]),
@@ -50,7 +47,7 @@ def _cases(kind: str) -> list[tuple]:
         x0 = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1).clamp(-1, 1)
         eps = torch.randn(shape, generator=gen, dtype=torch.float64)
         xt = GaussianDiffusion(betas).q_sample(x0, t, eps)
-        cases.append((x0, xt, t, betas) if kind == "posterior" else (xt, t, eps, betas))
+        cases.append((x0, xt, t, betas))
     return cases
 
 
@@ -123,7 +120,7 @@ def check_posterior(fn: Callable, verbose: bool = True) -> CheckResult:
         "2.1 (posterior mean and variance)",
         fn,
         _posterior_reference,
-        _cases("posterior"),
+        _cases(),
         _POSTERIOR_MISTAKES,
         verbose=verbose,
     )
@@ -132,58 +129,100 @@ def check_posterior(fn: Callable, verbose: bool = True) -> CheckResult:
 # --------------------------------------------------------------------------- Exercise 2.2
 
 
-def _x0_reference(xt, t, eps, betas):
-    return GaussianDiffusion(betas).predict_x0_from_eps(xt, t, eps)
+def _skip_cases() -> list[tuple]:
+    """(x0, xt, t, s, betas): x_t = q_sample(x0, t, eps), s from -1 (the clean data) to t - 1."""
+    gen = torch.Generator().manual_seed(22)
+    schedules = [
+        (linear_beta_schedule(1000), (6, 3), [999, 999, 500, 10, 1, 0], [-1, 499, 499, 3, 0, -1]),
+        (cosine_beta_schedule(50), (4, 1, 3, 3), [49, 20, 25, 1], [0, 19, -1, 0]),
+        (_SHORT_BETAS.clone(), (5,), [4, 4, 3, 2, 1], [-1, 1, 2, 0, 0]),
+    ]
+    cases = []
+    for betas, shape, t_steps, s_steps in schedules:
+        t = torch.tensor(t_steps, dtype=torch.long)
+        s = torch.tensor(s_steps, dtype=torch.long)
+        x0 = torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1
+        eps = torch.randn(shape, generator=gen, dtype=torch.float64)
+        xt = GaussianDiffusion(betas).q_sample(x0, t, eps)
+        cases.append((x0, xt, t, s, betas))
+    return cases
 
 
-def _x0_with(signal: Callable, noise: Callable, sign: float = -1.0) -> Callable:
-    """x0 = (xt + sign * noise(...) * eps) / signal(...), coefficients from (betas, abar, t)."""
+def _abar_at(abar: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """alpha-bar at code indices i, with alpha-bar = 1 at i = -1 (the clean data)."""
+    return torch.cat([abar.new_ones(1), abar])[i + 1]
 
-    def fn(xt, t, eps, betas):
+
+def _skip_reference(x0, xt, t, s, betas):
+    """Gaussian conditioning of the pair (x_s, x_t) given x0: a derivation independent of the
+    completing-the-square one the chapter does for s = t - 1."""
+    abar = schedule_quantities(betas).alphas_cumprod
+    ab_t, ab_s = _reshape(_abar_at(abar, t), xt), _reshape(_abar_at(abar, s), xt)
+    cov = (ab_t / ab_s).sqrt() * (1 - ab_s)  # Cov(x_s, x_t | x0), per coordinate
+    var_t = 1 - ab_t  # Var(x_t | x0)
+    mean = ab_s.sqrt() * x0 + cov / var_t * (xt - ab_t.sqrt() * x0)
+    return mean, (1 - ab_s) - cov**2 / var_t
+
+
+def _skip_with(*, one_step: bool = False, wrap: bool = False, swap: bool = False,
+               var_is_beta: bool = False) -> Callable:  # fmt: skip
+    """q(x_s | x_t, x0) from the chapter's form, with one flaw."""
+
+    def fn(x0, xt, t, s, betas):
         b = betas.to(torch.float64)
         abar = torch.cumprod(1 - b, dim=0)
-        s, n = _reshape(signal(b, abar, t), xt), _reshape(noise(b, abar, t), xt)
-        return (xt + sign * n * eps) / s
+        ab_t = abar[t]
+        ab_s = abar[s] if wrap else _abar_at(abar, s)
+        a_ts = (1 - b[t]) if one_step else ab_t / ab_s  # alpha_{t|s}
+        b_ts = 1 - a_ts  # beta_{t|s}
+        c0 = ab_s.sqrt() * b_ts / (1 - ab_t)
+        ct = a_ts.sqrt() * (1 - ab_s) / (1 - ab_t)
+        if swap:
+            c0, ct = ct, c0
+        var = b_ts if var_is_beta else (1 - ab_s) / (1 - ab_t) * b_ts
+        return _reshape(c0, x0) * x0 + _reshape(ct, xt) * xt, _reshape(var, xt)
 
     return fn
 
 
-_X0_MISTAKES = [
+_SKIP_MISTAKES = [
     Mistake(
-        "you used sqrt(alpha_t) where sqrt(alpha-bar_t) belongs: x_t = sqrt(alpha-bar_t) x0 + "
-        "sqrt(1 - alpha-bar_t) eps jumps over all steps at once, so undo the product "
-        "alpha-bar_t = alpha_1 ... alpha_t, not the last step's alpha_t alone.",
-        _x0_with(lambda b, ab, t: (1 - b[t]).sqrt(), lambda b, ab, t: b[t].sqrt()),
+        "you put alpha-bar_s in place of alpha-bar_{t-1} but kept the one-step alpha_t and "
+        "beta_t. From step s to step t the forward process scales by "
+        "alpha_{t|s} = alpha-bar_t / alpha-bar_s and adds variance beta_{t|s} = 1 - alpha_{t|s}: "
+        "use those (they are alpha_t and beta_t only when s = t - 1).",
+        _skip_with(one_step=True),
     ),
     Mistake(
-        "sign error: x_t = sqrt(alpha-bar_t) x0 + sqrt(1 - alpha-bar_t) eps, so solving for x0 "
-        "*subtracts* the noise: x0 = (x_t - sqrt(1 - alpha-bar_t) eps) / sqrt(alpha-bar_t).",
-        _x0_with(lambda b, ab, t: ab[t].sqrt(), lambda b, ab, t: (1 - ab[t]).sqrt(), sign=1.0),
+        "right except where s = -1: alphas_cumprod[-1] wraps around to the last entry. s = -1 "
+        "is the clean data, where alpha-bar = 1 (then the mean is x0 and the variance 0).",
+        _skip_with(wrap=True),
     ),
     Mistake(
-        "the noise enters x_t with its standard deviation sqrt(1 - alpha-bar_t), not with the "
-        "variance 1 - alpha-bar_t.",
-        _x0_with(lambda b, ab, t: ab[t].sqrt(), lambda b, ab, t: 1 - ab[t]),
+        "the coefficients of x0 and x_t are swapped: x0 gets sqrt(alpha-bar_s) beta_{t|s} / "
+        "(1 - alpha-bar_t), which is 1 at s = -1, where x_s is x0 itself.",
+        _skip_with(swap=True),
     ),
     Mistake(
-        "off by one step: code index t is already the paper's step t+1, so x_t uses "
-        "alphas_cumprod[t], not alphas_cumprod[t - 1] (which at t = 0 even wraps around).",
-        _x0_with(lambda b, ab, t: ab[t - 1].sqrt(), lambda b, ab, t: (1 - ab[t - 1]).sqrt()),
+        "your mean is right, but the variance is (1 - alpha-bar_s) / (1 - alpha-bar_t) * "
+        "beta_{t|s}, not beta_{t|s} (the forward jump's variance; knowing x0 shrinks it).",
+        _skip_with(var_is_beta=True),
     ),
 ]
 
 
-def check_predict_x0_from_eps(fn: Callable, verbose: bool = True) -> CheckResult:
-    """Exercise 2.2: ``fn(xt, t, eps, betas) -> x0``, eq. 4 solved for x0.
+def check_posterior_skip(fn: Callable, verbose: bool = True) -> CheckResult:
+    """Exercise 2.2: ``fn(x0, xt, t, s, betas) -> (mean, variance)`` of q(x_s | x_t, x_0).
 
-    ``xt`` and ``eps`` are [B, ...] (float64), ``t`` a long tensor [B] of code indices,
-    ``betas`` the float64 schedule (length T).
+    ``x0`` and ``xt`` are [B, ...] (float64), ``t`` and ``s`` long tensors [B] of code indices
+    with ``-1 <= s < t`` (``s = -1``: the clean data), ``betas`` the float64 schedule. The mean
+    is shaped like ``xt``; the variance like ``xt`` or [B, 1, ..., 1].
     """
     return grade(
-        "2.2 (x0 from x_t and eps)",
+        "2.2 (the posterior over several steps)",
         fn,
-        _x0_reference,
-        _cases("x0"),
-        _X0_MISTAKES,
+        _skip_reference,
+        _skip_cases(),
+        _SKIP_MISTAKES,
         verbose=verbose,
     )

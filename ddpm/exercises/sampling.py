@@ -3,9 +3,8 @@
 - Exercise 8.1, :func:`check_reverse_step`: one ancestral step x_t -> x_{t-1} of Algorithm 2,
   the mean of eq. 11 from the model's noise prediction plus sigma_t z, with sigma_t^2 = beta_t
   or beta-tilde_t, and no noise at the last step (code index t = 0).
-- Exercise 8.2, :func:`check_ddim_step`: one deterministic DDIM step (eta = 0) from code index
-  t to an earlier t_prev (Song et al. 2021, eq. 12), with the predicted x0 clipped to [-1, 1]
-  and the noise re-derived from the clipped x0.
+- Exercise 8.2, :func:`check_ddim_invert`: deterministic DDIM inversion, the eta = 0 update
+  run forwards from x0 to x_T (Song et al. 2021, Section 4.3), as ``ddim_encode`` does it.
 
 Both learner functions take the schedule as a float64 tensor ``betas`` (length T). Code index
 ``t`` in ``0..T-1`` is the paper's step ``t + 1``: ``betas[t]`` is beta_{t+1} and
@@ -22,7 +21,7 @@ from ..diffusion import GaussianDiffusion
 from ..schedules import cosine_beta_schedule, linear_beta_schedule
 from . import CheckResult, Mistake, grade
 
-__all__ = ["check_ddim_step", "check_reverse_step"]
+__all__ = ["check_ddim_invert", "check_reverse_step"]
 
 VARIANCES = {"beta": "fixed_large", "beta_tilde": "fixed_small"}
 
@@ -140,81 +139,79 @@ def check_reverse_step(fn: Callable, verbose: bool = True) -> CheckResult:
 # --------------------------------------------------------------------------- Exercise 8.2
 
 
-def _ddim_cases() -> list[tuple]:
-    """(xt, t, t_prev, eps, betas): eps predictions poor enough that x0-hat leaves [-1, 1]."""
-    gen = torch.Generator().manual_seed(80)
+def _toy_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A fixed nonlinear "network": its output depends on x and, visibly, on the step t."""
+    tt = _reshape(t.to(x.dtype), x)
+    return torch.tanh(0.7 * x + 0.002 * tt) + 0.1 * x.flip(-1)
+
+
+def _invert_cases() -> list[tuple]:
+    """(model, x0, betas, timesteps): increasing code indices, the last one T - 1 (an int n:
+    the n evenly spaced steps of ``ddim_sample``, reversed)."""
+    gen = torch.Generator().manual_seed(82)
     setups = [
-        (linear_beta_schedule(1000), (4, 1, 3, 3), 999, 949),
-        (linear_beta_schedule(1000), (4, 1, 3, 3), 499, 299),
-        (linear_beta_schedule(1000), (4, 1, 3, 3), 49, -1),
-        (linear_beta_schedule(1000), (4, 1, 3, 3), 0, -1),
-        (cosine_beta_schedule(50), (3, 8), 49, 39),
-        (_SHORT_BETAS.clone(), (3, 8), 4, 1),
+        (linear_beta_schedule(1000), (3, 1, 4, 4), 9),
+        (cosine_beta_schedule(50), (2, 1, 2, 2), 7),
+        (linear_beta_schedule(1000), (2, 5), [4, 500, 999]),
+        (cosine_beta_schedule(50), (3, 8), [0, 1, 2, 10, 30, 49]),
+        (_SHORT_BETAS.clone(), (4, 3), [0, 1, 2, 3, 4]),
+        (_SHORT_BETAS.clone(), (4, 3), [2, 4]),
     ]
     cases = []
-    for betas, shape, t, t_prev in setups:
-        x0 = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2.4 - 1.2).clamp(-1, 1)
-        true_eps = torch.randn(shape, generator=gen, dtype=torch.float64)
-        xt = GaussianDiffusion(betas).q_sample(x0, t, true_eps)
-        eps = true_eps + 0.5 * torch.randn(shape, generator=gen, dtype=torch.float64)
-        cases.append((xt, t, t_prev, eps, betas))
+    for betas, shape, timesteps in setups:
+        if isinstance(timesteps, int):
+            timesteps = GaussianDiffusion(betas)._ddim_steps(timesteps)[::-1]
+        x0 = torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1
+        cases.append((_toy_model, x0, betas, timesteps))
     return cases
 
 
-def _ddim_reference(xt, t, t_prev, eps, betas):
-    diffusion = GaussianDiffusion(betas)
-    coefs = diffusion._ddim_coefs([t], [t_prev], 0.0, torch.promote_types(xt.dtype, torch.float32))
-    x_prev, _ = diffusion._ddim_step(_constant_model(eps), xt, t, coefs[0], True, None)
-    return x_prev
+def _invert_with(*, eps_at: str = "to", x0_from: str = "from", clip: bool = False,
+                 wrap: bool = False):  # fmt: skip
+    """Deterministic DDIM inversion x0 -> x at timesteps[-1], built from the pieces given
+    (defaults: the right ones, the update of ``GaussianDiffusion.ddim_encode``)."""
 
-
-def _ddim_with(*, clip=True, rederive=True, prev="right"):
-    """A DDIM (eta = 0) step built from the pieces given (defaults: the right ones).
-
-    ``prev``: how alpha-bar at t_prev is found: "right" (1 at t_prev = -1), "adjacent"
-    (alphas_cumprod[t - 1], the step before t, not t_prev) or "wrap" (alphas_cumprod[t_prev]
-    with Python's wrap-around at -1).
-    """
-
-    def fn(xt, t, t_prev, eps, betas):
+    def fn(model, x0, betas, timesteps):
         abar = torch.cumprod(1 - betas.to(torch.float64), dim=0)
-        a = abar[t]
-        if prev == "adjacent":
-            a_prev = abar[t - 1] if t > 0 else abar.new_ones(())
-        elif prev == "wrap":
-            a_prev = abar[t_prev]
-        else:
-            a_prev = abar[t_prev] if t_prev >= 0 else abar.new_ones(())
-        x0 = (xt - (1 - a).sqrt() * eps) / a.sqrt()
-        if clip:
-            x0 = x0.clamp(-1, 1)
-        if rederive:
-            eps = (xt - a.sqrt() * x0) / (1 - a).sqrt()
-        return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        x, t_from = x0, -1  # the clean data: alpha-bar = 1
+        for t_to in timesteps:
+            a_from = abar[t_from] if (t_from >= 0 or wrap) else abar.new_ones(())
+            a_to = abar[t_to]
+            t_eval = t_to if eps_at == "to" else max(t_from, 0)
+            eps = model(x, torch.full((x.shape[0],), t_eval, dtype=torch.long))
+            a = a_from if x0_from == "from" else a_to
+            x0_hat = (x - (1 - a).sqrt() * eps) / a.sqrt()
+            if clip:
+                x0_hat = x0_hat.clamp(-1, 1)
+            x = a_to.sqrt() * x0_hat + (1 - a_to).sqrt() * eps
+            t_from = t_to
+        return x
 
     return fn
 
 
-_DDIM_MISTAKES = [
-    Mistake("after clipping x0-hat, re-derive the noise from it, eps = (x_t - sqrt(alpha-bar_t) "
-            "x0-hat) / sqrt(1 - alpha-bar_t); with the model's raw eps the step points to an x0 "
-            "that is not the clipped one.", _ddim_with(rederive=False)),
-    Mistake("the predicted x0 must be clipped to [-1, 1] before it is used (clip_denoised=True).",
-            _ddim_with(clip=False, rederive=False)),
-    Mistake("the step goes to t_prev, not to t - 1: use alpha-bar at t_prev "
-            "(alphas_cumprod[t_prev]); DDIM skips the steps in between.",
-            _ddim_with(prev="adjacent")),
-    Mistake("at t_prev = -1 (the clean data) alpha-bar is 1; alphas_cumprod[-1] wraps around to "
-            "the last step, alpha-bar_T, which is close to 0.", _ddim_with(prev="wrap")),
+_invert_reference = _invert_with()
+
+_INVERT_MISTAKES = [
+    Mistake("evaluate the network at the step you move to, eps_theta(x, t_to): x is still at "
+            "the noise level of t_from, but inversion assumes eps changes little over one step, "
+            "and at the first step, from the clean data, there is no t_from to give the network "
+            "(GaussianDiffusion.ddim_encode does the same).", _invert_with(eps_at="from")),
+    Mistake("x0-hat comes from the x you have, which sits at t_from: divide by sqrt(alpha-bar) "
+            "at t_from (1 for the clean data), not at t_to.", _invert_with(x0_from="to")),
+    Mistake("don't clip x0-hat when encoding: clipping throws information away, so the decoder "
+            "cannot run the steps backwards to the same image.", _invert_with(clip=True)),
+    Mistake("at the first step x is the clean data, where alpha-bar is 1; alphas_cumprod[-1] "
+            "wraps around to the last step, alpha-bar_T, close to 0.", _invert_with(wrap=True)),
 ]  # fmt: skip
 
 
-def check_ddim_step(fn: Callable, verbose: bool = True) -> CheckResult:
-    """Exercise 8.2: ``fn(xt, t, t_prev, eps, betas) -> x at t_prev`` (DDIM, eta = 0, clipped).
+def check_ddim_invert(fn: Callable, verbose: bool = True) -> CheckResult:
+    """Exercise 8.2: ``fn(model, x0, betas, timesteps) -> x at timesteps[-1]``, deterministic
+    DDIM inversion (the eta = 0 update run from the clean data up through ``timesteps``).
 
-    ``xt`` and ``eps`` are [B, ...] float64; ``t`` and ``t_prev`` are Python ints, code indices
-    with ``t_prev < t`` (``t_prev = -1``: the final step, to the clean data, where alpha-bar is
-    1); ``betas`` the float64 schedule. Compared with the step of ``GaussianDiffusion.ddim_sample``.
+    ``model(x, t)`` predicts the noise (``t`` a long tensor [B]); ``x0`` is [B, ...] float64;
+    ``timesteps`` an increasing list of code indices; ``betas`` the float64 schedule.
     """
-    return grade("8.2 (one DDIM step)", fn, _ddim_reference, _ddim_cases(), _DDIM_MISTAKES,
-                 verbose=verbose)  # fmt: skip
+    return grade("8.2 (DDIM inversion)", fn, _invert_reference, _invert_cases(),
+                 _INVERT_MISTAKES, verbose=verbose)  # fmt: skip

@@ -2,8 +2,8 @@
 
 - Exercise 5.1, :func:`check_training_loss`: the training loss L_simple of Algorithm 1 (eq. 14 of
   Ho et al. 2020) for a batch, given the model, x0, the steps, the noise and the betas.
-- Exercise 5.2, :func:`check_optimal_eps`: the optimal noise predictor E[eps | x_t] when the data
-  are Gaussian, x0 ~ N(mu, s^2 I).
+- Exercise 5.2, :func:`check_x0_loss`: the weight SNR_t that turns a network predicting x0 into
+  one trained with L_simple: ||eps - eps-hat||^2 = SNR_t ||x0 - x0-hat||^2.
 
 Code index ``t`` in ``0..T-1`` is the paper's step ``t + 1``: ``alphas_cumprod[t]`` is
 alpha-bar_{t+1}, the product of the first ``t + 1`` alphas.
@@ -19,7 +19,7 @@ from ..diffusion import GaussianDiffusion
 from ..schedules import cosine_beta_schedule, linear_beta_schedule, schedule_quantities
 from . import CheckResult, Mistake, grade
 
-__all__ = ["check_training_loss", "check_optimal_eps"]
+__all__ = ["check_training_loss", "check_x0_loss"]
 
 # Large steps: every step visibly changes alpha-bar, so an off-by-one index cannot hide.
 _SHORT_BETAS = torch.tensor([0.1, 0.3, 0.5, 0.2, 0.9], dtype=torch.float64)
@@ -144,94 +144,80 @@ def check_training_loss(fn: Callable, verbose: bool = True) -> CheckResult:
 # --------------------------------------------------------------------------- Exercise 5.2
 
 
-def _betas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    abar = alphas_cumprod.to(torch.float64)
-    prev = torch.cat([abar.new_ones(1), abar[:-1]])
-    return 1.0 - abar / prev
+def _x0_loss_reference(model, x0, t, noise, betas):
+    """The package's x0-prediction MSE per example, times SNR_t."""
+    diffusion = GaussianDiffusion(betas, model_mean_type="x0")
+    snr = _col(schedule_quantities(betas).snr[t], x0).flatten()
+    return snr * diffusion.training_losses(model, x0, t, noise)
 
 
-def _optimal_eps_reference(xt, t, alphas_cumprod, mu, s):
-    """E[eps | x_t] through the posterior mean of x0 (Gaussian conditioning) and the package."""
-    diffusion = GaussianDiffusion(_betas_from_alphas_cumprod(alphas_cumprod))
-    abar = _col(alphas_cumprod[t], xt)
-    gain = s**2 * abar.sqrt() / (abar * s**2 + 1 - abar)  # Cov(x0, x_t) / Var(x_t)
-    x0_hat = mu + gain * (xt - abar.sqrt() * mu)
-    return diffusion.predict_eps_from_x0(xt, t, x0_hat)
+def _x0_loss_with(weight: Callable, reduce: Callable = lambda per_example: per_example):
+    """An x0 loss with the weight ``weight(alphas, alphas_cumprod)`` (a table, indexed by t)."""
 
-
-def _eps_with(
-    shift: Callable = lambda a, mu: a.sqrt() * mu,
-    var: Callable = lambda a, s: a * s**2 + 1 - a,
-    numer: Callable = lambda a: (1 - a).sqrt(),
-    t_shift: int = 0,
-) -> Callable:
-    """An optimal-eps formula built from the given pieces (the right ones by default)."""
-
-    def fn(xt, t, alphas_cumprod, mu, s):
-        abar = _col(alphas_cumprod.to(torch.float64)[t + t_shift], xt)
-        return numer(abar) * (xt - shift(abar, mu)) / var(abar, s)
+    def fn(model, x0, t, noise, betas):
+        b = betas.to(torch.float64)
+        abar = torch.cumprod(1 - b, dim=0)
+        a = _col(abar[t], x0)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        err = ((x0 - model(xt, t)) ** 2).reshape(len(x0), -1).mean(dim=1)
+        return reduce(weight(1 - b, abar)[t].to(err.dtype) * err)
 
     return fn
 
 
-_OPTIMAL_EPS_MISTAKES = [
+_X0_LOSS_MISTAKES = [
     Mistake(
-        "you subtracted mu, but the mean of x_t is sqrt(alpha-bar_t) mu: the signal is shrunk "
-        "along with the data, so subtract sqrt(alpha-bar_t) mu.",
-        _eps_with(shift=lambda a, mu: mu),
+        "you weighted by (1 - alpha-bar_t) / alpha-bar_t = 1 / SNR_t, the inverse: an error "
+        "in x0-hat becomes an error in eps-hat multiplied by sqrt(alpha-bar_t / "
+        "(1 - alpha-bar_t)), so the squared errors differ by the factor SNR_t.",
+        _x0_loss_with(lambda a, ab: (1 - ab) / ab),
     ),
     Mistake(
-        "you forgot the mean: E[eps | x_t] is proportional to x_t - sqrt(alpha-bar_t) mu, the "
-        "deviation of x_t from its mean (it is x_t itself only when mu = 0).",
-        _eps_with(shift=lambda a, mu: torch.zeros_like(mu)),
+        "you weighted by sqrt(SNR_t): that is the factor between the errors themselves; "
+        "between the *squared* errors it is SNR_t = alpha-bar_t / (1 - alpha-bar_t).",
+        _x0_loss_with(lambda a, ab: (ab / (1 - ab)).sqrt()),
     ),
     Mistake(
-        "s is the data's standard deviation: the variance of x_t is alpha-bar_t s^2 + "
-        "1 - alpha-bar_t, with s squared.",
-        _eps_with(var=lambda a, s: a * s + 1 - a),
+        "no weight: the plain x0 mean squared error is a different loss (it is L_simple "
+        "divided by SNR_t, so it hardly cares about the small-t steps where SNR_t is large).",
+        _x0_loss_with(lambda a, ab: torch.ones_like(ab)),
     ),
     Mistake(
-        "you divided by 1, the prior's variance, instead of Var(x_t) = alpha-bar_t s^2 + "
-        "1 - alpha-bar_t (they agree only when s = 1 or at the last steps).",
-        _eps_with(var=lambda a, s: torch.ones_like(a)),
+        "you used the one-step alpha_t / (1 - alpha_t) = alpha_t / beta_t; the SNR of x_t is "
+        "alpha-bar_t / (1 - alpha-bar_t), with the product alpha-bar_t.",
+        _x0_loss_with(lambda a, ab: a / (1 - a)),
     ),
     Mistake(
-        "you returned (x_t - sqrt(alpha-bar_t) mu) / Var(x_t), which is minus the score of "
-        "q(x_t); E[eps | x_t] carries an extra factor sqrt(1 - alpha-bar_t) = Cov(eps, x_t).",
-        _eps_with(numer=lambda a: torch.ones_like(a)),
-    ),
-    Mistake(
-        "off by one step: code index t is the paper's step t+1, so use alphas_cumprod[t], not "
-        "alphas_cumprod[t-1] (which at t = 0 wraps around to the last step).",
-        _eps_with(t_shift=-1),
+        "you averaged over the batch: return one loss per example (shape [B]); each example "
+        "has its own step t and so its own weight.",
+        _x0_loss_with(lambda a, ab: ab / (1 - ab), reduce=lambda per_example: per_example.mean()),
     ),
 ]
 
 
-def _optimal_eps_cases() -> list[tuple]:
-    gen = torch.Generator().manual_seed(6)
+def _x0_loss_cases() -> list[tuple]:
+    gen = torch.Generator().manual_seed(7)
     cases = []
-    shapes, scales = [(8, 2), (6, 3), (5, 2)], [0.5, 2.0, 0.3]
-    for betas, (batch, d), s in zip(_schedules(), shapes, scales, strict=True):
-        abar = schedule_quantities(betas).alphas_cumprod
-        t = _steps(len(betas), batch)
-        mu = torch.randn(d, generator=gen, dtype=torch.float64) + 0.5
-        xt = 1.5 * torch.randn(batch, d, generator=gen, dtype=torch.float64)
-        cases.append((xt, t, abar, mu, s))
+    for betas, shape in zip(_schedules(), [(8, 2), (6, 3), (5, 2)], strict=True):
+        t = _steps(len(betas), shape[0])
+        x0 = torch.randn(shape, generator=gen, dtype=torch.float64)
+        noise = torch.randn(shape, generator=gen, dtype=torch.float64)
+        cases.append((_toy_model, x0, t, noise, betas))
     return cases
 
 
-def check_optimal_eps(fn: Callable, verbose: bool = True) -> CheckResult:
-    """Exercise 5.2: ``fn(xt, t, alphas_cumprod, mu, s) -> E[eps | x_t]`` for x0 ~ N(mu, s^2 I).
+def check_x0_loss(fn: Callable, verbose: bool = True) -> CheckResult:
+    """Exercise 5.2: ``fn(model, x0, t, noise, betas) -> loss`` of shape [B].
 
-    ``xt`` is [B, d], ``t`` a long tensor [B] of code indices, ``alphas_cumprod`` the float64
-    table alpha-bar (length T), ``mu`` a [d] tensor and ``s`` a positive float.
+    ``model(x_t, t)`` predicts x0; the loss of each example is its x0 squared error (averaged
+    over the coordinates) weighted so that it equals the eps squared error of the same
+    prediction: SNR_t = alpha-bar_t / (1 - alpha-bar_t).
     """
     return grade(
-        "5.2 (optimal eps for Gaussian data)",
+        "5.2 (the x0-prediction loss weight)",
         fn,
-        _optimal_eps_reference,
-        _optimal_eps_cases(),
-        _OPTIMAL_EPS_MISTAKES,
+        _x0_loss_reference,
+        _x0_loss_cases(),
+        _X0_LOSS_MISTAKES,
         verbose=verbose,
     )

@@ -1,8 +1,7 @@
 """Checkers for chapter 6, the UNet.
 
-- Exercise 6.1, :func:`check_timestep_embedding`: the sinusoidal embedding [B, dim] of the
-  zero-based steps ``t`` [B] (``ddpm.timestep_embedding``), for an even ``dim``: the first half
-  sin(t f_i), the second half cos(t f_i), with f_i = 10000 ** (-i / (half - 1)).
+- Exercise 6.1, :func:`check_skip_channels`: the widths of the activations the down path stores
+  for the up path's skip connections, for a config (ch, ch_mult, num_res_blocks).
 - Exercise 6.2, :func:`check_resblock_params`: the number of parameters of a
   ``ddpm.unet.ResBlock(in_ch, out_ch, temb_ch, ...)`` in closed form.
 """
@@ -11,58 +10,68 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from ..unet import ResBlock, timestep_embedding
+from ..unet import ResBlock, UNet
 from . import CheckResult, Mistake, grade
 
-__all__ = ["check_resblock_params", "check_timestep_embedding"]
+__all__ = ["check_resblock_params", "check_skip_channels"]
 
 # --------------------------------------------------------------------------- Exercise 6.1
 
 
-def _embedding_with(
-    base: float = 10000.0, denom_shift: int = 1, swap: bool = False, t_shift: int = 0
-):
-    """A sinusoidal embedding built from the pieces given (defaults: the right ones)."""
+def _skip_channels_reference(ch: int, ch_mult: tuple[int, ...], num_res_blocks: int) -> list[int]:
+    """Read off a built UNet: each up-path block takes h (the running width) plus one stored
+    activation, so its conv's input width minus h is that activation's width."""
+    groups = math.gcd(*[ch * m for m in ch_mult])
+    model = UNet(in_channels=1, image_size=2 ** (len(ch_mult) - 1) * 4, ch=ch, ch_mult=ch_mult,
+                 num_res_blocks=num_res_blocks, attn_resolutions=(), dropout=0.0,
+                 num_groups=groups)  # fmt: skip
+    popped, h = [], ch * ch_mult[-1]
+    for stage in model.up:
+        for block in stage.blocks:
+            popped.append(block.conv1.in_channels - h)
+            h = block.conv1.out_channels
+    return popped[::-1]  # pushed in the reverse order of popping
 
-    def fn(t, dim):
-        half = dim // 2
-        i = torch.arange(half, dtype=torch.float32)
-        freqs = torch.exp(-math.log(base) * i / max(half - denom_shift, 1))
-        args = (t.to(torch.float32) + t_shift)[:, None] * freqs[None, :]
-        parts = [torch.cos(args), torch.sin(args)] if swap else [torch.sin(args), torch.cos(args)]
-        return torch.cat(parts, dim=1)
+
+def _skips_with(conv_in: bool = True, downsample: str = "all_but_last", width: str = "out",
+                extra_block: bool = False):  # fmt: skip
+    def fn(ch, ch_mult, num_res_blocks):
+        skips, h = ([ch] if conv_in else []), ch
+        for level, mult in enumerate(ch_mult):
+            for _ in range(num_res_blocks + (1 if extra_block else 0)):
+                skips.append(h if width == "in" else ch * mult)
+                h = ch * mult
+            last = level == len(ch_mult) - 1
+            if downsample == "all" or (downsample == "all_but_last" and not last):
+                skips.append(h)
+        return skips
 
     return fn
 
 
-_EMBEDDING_MISTAKES = [
-    Mistake("sin and cos are swapped: the first half is sin(t f_i), the second cos(t f_i).",
-            _embedding_with(swap=True)),
-    Mistake("the exponent divides i by half; it must divide by half - 1, so that the slowest "
-            "frequency is exactly 1/10000.", _embedding_with(denom_shift=0)),
-    Mistake("the base is 1000; the frequencies are 10000 ** (-i / (half - 1)).",
-            _embedding_with(base=1000.0)),
-    Mistake("off by one step: embed the code index t itself (0..T-1), not t + 1.",
-            _embedding_with(t_shift=1)),
+_SKIP_MISTAKES = [
+    Mistake("you left out conv_in's output: it is the first activation stored (width ch), and "
+            "the last up-path block eats it.", _skips_with(conv_in=False)),
+    Mistake("you left out the downsamplers' outputs: every level but the last ends in a "
+            "Downsample, whose output is stored too.", _skips_with(downsample="none")),
+    Mistake("the last level has no Downsample (the middle follows at that resolution), so it "
+            "stores nothing after its blocks.", _skips_with(downsample="all")),
+    Mistake("you stored each block's input width; the stack holds its output, ch * ch_mult[i] "
+            "(they differ at the first block of a level whose width changes).",
+            _skips_with(width="in")),
+    Mistake("the down path has num_res_blocks blocks per level; num_res_blocks + 1 is the up "
+            "path's count (one more, to eat the downsampler's output).",
+            _skips_with(extra_block=True)),
 ]  # fmt: skip
 
 
-def _embedding_cases() -> list[tuple]:
-    return [
-        (torch.tensor([0, 1, 2, 999]), 8),
-        (torch.tensor([0, 10, 250, 500, 998, 999]), 32),
-        (torch.tensor([0, 3, 999]), 128),
-    ]
-
-
-def check_timestep_embedding(fn, verbose: bool = True) -> CheckResult:
-    """Grade ``fn(t, dim)`` (t: long [B], dim: even int) against ``ddpm.timestep_embedding``."""
-    # float32: an argument t f_i of up to 999 radians is rounded (with f_i, an exp) to within a
-    # few 2^-24 x 999, a few 1e-4 apart between two correct formulas; every mistake is >= 1e-2
-    return grade("6.1", fn, timestep_embedding, _embedding_cases(), _EMBEDDING_MISTAKES,
-                 atol=1e-3, rtol=1e-4, verbose=verbose)  # fmt: skip
+def check_skip_channels(fn, verbose: bool = True) -> CheckResult:
+    """Grade ``fn(ch, ch_mult, num_res_blocks) -> list[int]``: the widths of the activations
+    the down path stores for the up path, in the order they are stored."""
+    cases = [(32, (1, 2, 2, 2), 2), (32, (1, 2), 1), (16, (1, 2, 3), 3), (8, (2, 1, 4), 1),
+             (8, (1,), 2)]  # fmt: skip
+    return grade("6.1", fn, _skip_channels_reference, cases, _SKIP_MISTAKES,
+                 atol=0.0, rtol=0.0, verbose=verbose)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- Exercise 6.2

@@ -5,8 +5,9 @@ JavaScript error in the console, no request leaving the site (the book reads off
 and the widget manager are vendored), every equation typeset by MathJax (no raw TeX left, no
 MathJax error), every image loaded, every solution collapsed until clicked and shown after a
 click, every animation the executed notebook holds present and working, every embedded widget
-view rendered, and no Python traceback in a cell output. A full-page screenshot of each page is
-saved under ``_build/screenshots/`` for review.
+view rendered, no Python traceback in a cell output, and no code cell whose code overflows its
+box horizontally (cut at the right edge), in a desktop window (1280 px) and on a phone
+(390 px). A full-page screenshot of each page is saved under ``_build/screenshots/`` for review.
 
 Needs Chromium and its driver (Debian: ``apt-get install chromium chromium-driver``; ``.ci/run``
 installs them) and selenium (the ``test`` extra). Without them the browser tests are skipped
@@ -32,6 +33,7 @@ SCREENSHOTS = SITE.parent / "screenshots"
 REQUIRED = os.environ.get("DDPM_REQUIRE_BROWSER", "") not in ("", "0")
 NOT_PAGES = {"_static", "_sources", "_images", "_downloads"}
 WIDTH = 1280
+PHONE_WIDTH = 390  # a phone in portrait: code lines wrap there (book/_static/ddpm.css)
 MAX_HEIGHT = 30000  # px; a longer page is cut in its screenshot (and said so)
 LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "chrome:", "chrome-extension:", "devtools:")
 INSTALL_HINT = (
@@ -134,6 +136,16 @@ def _find(env: str, names: tuple[str, ...], extra: tuple[str, ...] = ()) -> str 
 @pytest.fixture(scope="module")
 def browser():
     require_site()
+    yield from _start_browser()
+
+
+@pytest.fixture(scope="module")
+def bare_browser():
+    """The browser for tests on hand-written pages: needs no built book."""
+    yield from _start_browser()
+
+
+def _start_browser():
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -235,6 +247,19 @@ const text = outputs.filter(o => o.textContent.includes('Traceback (most recent 
 return {marked, text};
 """
 
+# A code cell's box is its highlight div and the <pre> in it (the theme scrolls the <pre>):
+# content wider than the box is cut at the right edge, the scroll bar hidden or far below.
+JS_CODE_OVERFLOW = """
+const boxes = [...document.querySelectorAll(
+  'div.cell_input div.highlight, div.cell_input div.highlight pre')];
+return boxes.filter(b => b.scrollWidth > b.clientWidth + 1).map(b => {
+  const lines = b.textContent.split('\\n');
+  const longest = lines.reduce((a, l) => (l.length > a.length ? l : a), '');
+  return {box: b.clientWidth, content: b.scrollWidth, chars: longest.length,
+          line: longest.trim().slice(0, 50)};
+});
+"""
+
 JS_SOLUTION_STATE = """
 const s = arguments[0];
 const body = [...s.children].filter(c => !c.classList.contains('admonition-title'));
@@ -331,6 +356,27 @@ def _check_animations(driver, expected: int | None, problems: list[str]) -> None
         button("First frame").click()
 
 
+def code_overflow(driver, width: int) -> list[dict]:
+    """The code-cell boxes whose content overflows horizontally, in a window ``width`` wide."""
+    driver.set_window_size(width, 1000)
+    time.sleep(0.3)  # let the layout settle at the new size
+    return driver.execute_script(JS_CODE_OVERFLOW)
+
+
+def _check_code_overflow(driver, problems: list[str]) -> None:
+    """No code cell is cut at the right edge, on a desktop or on a phone."""
+    for width in (WIDTH, PHONE_WIDTH):
+        over = code_overflow(driver, width)
+        if over:
+            shown = [f"{o['chars']} chars, {o['content']} px in {o['box']} px: {o['line']!r}"
+                     for o in over[:3]]  # fmt: skip
+            problems.append(
+                f"{len(over)} code box(es) overflow at {width} px (at most 78 characters a"
+                f" line: tools/reflow_notebooks.py): {shown}"
+            )
+    driver.set_window_size(WIDTH, 1000)
+
+
 def _screenshot(driver, page: Path) -> str:
     """Full-page screenshot (the window as tall as the document); returns a note if cut."""
     height = driver.execute_script(
@@ -400,6 +446,11 @@ def test_page_in_browser(browser, page):
     except WebDriverException as error:
         problems.append(f"interaction failed: {error.msg}")
 
+    try:
+        _check_code_overflow(driver, problems)
+    except WebDriverException as error:
+        problems.append(f"code overflow check failed: {error.msg}")
+
     cut = _screenshot(driver, page)
 
     errors = [
@@ -418,3 +469,43 @@ def test_page_in_browser(browser, page):
         problems.append(f"requests leaving the site: {sorted(set(remote))}")
 
     assert not problems, f"{page.relative_to(SITE)}{cut}:\n  " + "\n  ".join(problems)
+
+
+# ------------------------------------------------------------------------------------------------
+# The overflow check itself, on a hand-written page (no built book needed).
+
+SMALL_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+  /* the theme's layout, reduced: a centred content column, a scrolling <pre> */
+  body { margin: 0; }
+  main { max-width: 700px; margin: 0 auto; padding: 0 16px; }
+  div.highlight pre { overflow: auto; font: 14px monospace; padding: 16px; }
+</style>
+<link rel="stylesheet" href="CSS">
+</head><body><main>
+<div class="cell_input"><div class="highlight"><pre>LONG</pre></div></div>
+<div class="cell_input"><div class="highlight"><pre>SHORT</pre></div></div>
+<div class="cell_output"><pre>OUTPUT</pre></div>
+</main></body></html>
+"""
+
+
+def test_code_overflow_check_on_a_small_page(bare_browser, tmp_path):
+    """The check flags a code line too long for its box and nothing else (not a short line,
+    not an output); on a phone the book's stylesheet wraps the long line, so nothing is cut."""
+    css = ROOT / "book" / "_static" / "ddpm.css"
+    long_line = "x = " + " + ".join(f"value_{i}" for i in range(30))  # 300 characters
+    page = tmp_path / "page.html"
+    page.write_text(
+        SMALL_PAGE.replace("CSS", css.as_uri())
+        .replace("LONG", long_line)
+        .replace("SHORT", "y = 1")
+        .replace("OUTPUT", "z" * 300),
+        encoding="utf-8",
+    )
+    bare_browser.get(page.as_uri())
+    desktop = code_overflow(bare_browser, WIDTH)
+    assert desktop and {o["chars"] for o in desktop} == {len(long_line)}, desktop
+    assert code_overflow(bare_browser, PHONE_WIDTH) == []
