@@ -94,10 +94,8 @@ def _restore_ipython(code: str, hidden: list[str]) -> str:
     return "\n".join(put_back(line) for line in code.split("\n"))
 
 
-def _tree(code: str) -> str:
-    """The syntax tree, with each docstring's whitespace collapsed (rewrapping a docstring is
-    the one change of a value this tool makes)."""
-    tree = ast.parse(code)
+def _docstrings(tree: ast.AST):
+    """The docstring expressions (module, class, function) of ``tree``."""
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             doc = node.body[0] if node.body else None
@@ -106,7 +104,15 @@ def _tree(code: str) -> str:
                 and isinstance(doc.value, ast.Constant)
                 and isinstance(doc.value.value, str)
             ):
-                doc.value.value = " ".join(doc.value.value.split())
+                yield doc
+
+
+def _tree(code: str) -> str:
+    """The syntax tree, with each docstring's whitespace collapsed (rewrapping a docstring is
+    the one change of a value this tool makes)."""
+    tree = ast.parse(code)
+    for doc in _docstrings(tree):
+        doc.value.value = " ".join(doc.value.value.split())
     return ast.dump(tree)
 
 
@@ -275,15 +281,8 @@ def _shorten_docstring(lines: list[str], number: int, limit: int) -> bool:
 def _docstring_lines(tree: ast.AST) -> set[int]:
     """The line numbers that hold docstring text."""
     found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            doc = node.body[0] if node.body else None
-            if (
-                isinstance(doc, ast.Expr)
-                and isinstance(doc.value, ast.Constant)
-                and isinstance(doc.value.value, str)
-            ):
-                found.update(range(doc.lineno, doc.end_lineno + 1))
+    for doc in _docstrings(tree):
+        found.update(range(doc.lineno, doc.end_lineno + 1))
     return found
 
 
