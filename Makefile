@@ -112,9 +112,17 @@ portability: $(STAMP)
 	  $(NUMERICAL_TESTS) $(THEORY_NOTEBOOKS)
 
 # Notebooks are stored without outputs, so nbval only checks that they run (checks are asserts).
+# Two workers (pytest-xdist) of one thread each: book/conftest.py keeps each notebook's cells
+# on one worker, and the chapters that load chapter 7's model after it, on one worker. On
+# 2 cores two one-thread kernels finish the book sooner than one kernel on two threads (most
+# cells work on small tensors), and two threads each would oversubscribe the cores.
 # pytest exits 5 when it collects nothing: fine while book/ has no notebooks.
+NOTEBOOK_WORKERS ?= 2
+NOTEBOOK_THREADS ?= 1
 nbval: $(STAMP)
-	@rc=0; $(PY) -m pytest -ra --nbval-lax book/ --junitxml=_build/nbval-junit.xml || rc=$$?; \
+	@rc=0; OMP_NUM_THREADS=$(NOTEBOOK_THREADS) $(PY) -m pytest -ra --nbval-lax \
+	  -n $(NOTEBOOK_WORKERS) book/ \
+	  --junitxml=_build/nbval-junit.xml || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "nbval: no notebooks under book/ yet"; rc=0; fi; \
 	exit $$rc
 
@@ -166,8 +174,10 @@ exercises: $(STAMP)
 # Execute every learner notebook in a kernel (one more pass over the book): every checker must
 # print "not solved yet", and only the stubs may raise. The tests' fast parts run in `unit`;
 # the launch-button check needs the built book (book-strict runs before this phase).
+# Two workers of one thread each, scheduled as in nbval (tools/notebook_groups.py).
 learner: $(STAMP)
-	DDPM_LEARNER_TESTS=1 $(PY) -m pytest -ra tests/test_learner_notebooks.py \
+	DDPM_LEARNER_TESTS=1 OMP_NUM_THREADS=$(NOTEBOOK_THREADS) $(PY) -m pytest -ra \
+	  -n $(NOTEBOOK_WORKERS) tests/test_learner_notebooks.py \
 	  tests/test_repository_url.py
 
 # The Colab route (tests/test_wheel.py): build the wheel, install it (not editable) into fresh
