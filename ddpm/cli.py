@@ -146,7 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint into a PNG grid")
     _model_args(p)
-    p.add_argument("--num", type=_positive_int, default=64, help="number of samples (64)")
+    p.add_argument("--num", type=_positive_int, help="number of samples (64; with --class, 8 "
+                   "per label)")  # fmt: skip
+    p.add_argument("--class", dest="classes", type=_int_list, metavar="LABELS",
+                   help="a class-conditional model (e.g. --preset digits-cond): the labels to "
+                   "sample, e.g. 3 or 0,1,2 (one grid row per label, --num split evenly); "
+                   "default: unconditional samples")  # fmt: skip
+    p.add_argument("--guidance", type=_finite_nonnegative, default=0.0, metavar="W",
+                   help="classifier-free guidance scale w, with --class (0: the conditional "
+                   "model; larger: truer to the class, less diverse)")  # fmt: skip
     p.add_argument("--sampler", choices=["ancestral", "ddim"], default="ancestral")
     p.add_argument("--ddim-steps", type=_positive_int, default=50, help="DDIM steps (50)")
     p.add_argument("--eta", type=_finite_nonnegative, default=0.0, help="DDIM eta (0)")
@@ -376,12 +384,13 @@ def cmd_sample(args) -> int:
     model, diffusion, source, generator = _load(args)
     if args.sampler == "ddim" and args.ddim_steps > diffusion.num_timesteps:
         raise ValueError(f"--ddim-steps must be at most T = {diffusion.num_timesteps}")
-    _check_sampling_memory(model, args.num, "--num")
+    net, per_row = _class_model(args, model)
+    _check_sampling_memory(model, args.num * (2 if args.guidance else 1), "--num")
     shape = _image_shape(model, args.num)
     clip = source.clip and not args.no_clip
     if args.sampler == "ddim":
         x = diffusion.ddim_sample(
-            model,
+            net,
             shape,
             steps=args.ddim_steps,
             eta=args.eta,
@@ -391,7 +400,7 @@ def cmd_sample(args) -> int:
         )
     else:
         x = diffusion.sample(
-            model, shape, generator=generator, clip_denoised=clip, progress=sys.stderr.isatty()
+            net, shape, generator=generator, clip_denoised=clip, progress=sys.stderr.isatty()
         )
     x = x.cpu()
     if args.raw is not None:  # the raw samples first: they cost the sampling, the PNG does not
@@ -401,9 +410,43 @@ def cmd_sample(args) -> int:
         else:
             _write(args.raw, lambda: atomic_write(args.raw, lambda f: torch.save(x, f)))
         print(f"raw samples in [-1, 1], shape {tuple(x.shape)} -> {args.raw}")
-    _write(args.out, lambda: save_image_grid(x, args.out, scale=_upscale(shape[-1])))
-    print(f"{args.num} samples -> {args.out}")
+    _write(args.out, lambda: save_image_grid(x, args.out, nrow=per_row, scale=_upscale(shape[-1])))
+    what = "samples"
+    if args.classes is not None:
+        what += f" of classes {','.join(map(str, args.classes))} (guidance w = {args.guidance:g})"
+    print(f"{args.num} {what} -> {args.out}")
     return 0
+
+
+def _class_model(args, model):
+    """``(model, images per grid row)``: the model itself (unconditional samples), or with
+    ``--class`` the classifier-free guided model (ddpm.guidance) of those labels, each label
+    repeated over one row. Sets ``args.num`` when it was not given."""
+    import torch
+
+    from .guidance import guided
+
+    if args.classes is None:
+        if args.guidance:
+            raise ValueError("--guidance needs --class: the labels to guide the samples toward")
+        args.num = args.num or 64
+        return model, None
+    k = getattr(getattr(model, "config", None), "num_classes", 0)
+    if not k:
+        raise ValueError("--class needs a class-conditional model (trained with "
+                         "--conditional, e.g. ddpm train --preset digits-cond); this one has "
+                         "no labels")  # fmt: skip
+    bad = [c for c in args.classes if not 0 <= c < k]
+    if bad:
+        raise ValueError(f"--class takes this model's labels 0..{k - 1}, got {bad}")
+    per_row = (args.num or 8 * len(args.classes)) // len(args.classes)
+    if args.num is not None and args.num % len(args.classes):
+        raise ValueError(f"--num {args.num} is not a multiple of the {len(args.classes)} "
+                         f"--class labels (one grid row per label)")  # fmt: skip
+    args.num = per_row * len(args.classes)
+    device = next(model.parameters()).device
+    y = torch.tensor(args.classes, device=device).repeat_interleave(per_row)
+    return guided(model, y, args.guidance), per_row
 
 
 def cmd_interpolate(args) -> int:

@@ -28,6 +28,17 @@ def checkpoint(tmp_path_factory):
     return train(config, progress=False).checkpoint
 
 
+@pytest.fixture(scope="module")
+def conditional_checkpoint(tmp_path_factory):
+    """A tiny class-conditional digits run (label dropout), for --class and --guidance."""
+    run = tmp_path_factory.mktemp("cond-run")
+    config = preset_config(
+        "digits-cond", steps=4, timesteps=25, batch_size=16, model_overrides={"ch": 16},
+        log_every=2, run_dir=str(run),
+    )  # fmt: skip
+    return train(config, progress=False).checkpoint
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -141,3 +152,62 @@ def test_evaluate_prints_bpd_fid_and_floor(checkpoint, capsys):
     out = capsys.readouterr().out
     assert "bits/dim" in out and "digits FID" in out and "real train vs test" in out
     assert "nearest-neighbour distance" in out
+
+
+def test_sample_by_class_one_row_per_label_with_guidance(conditional_checkpoint, tmp_path,
+                                                         monkeypatch):  # fmt: skip
+    import ddpm.guidance
+    import ddpm.train
+
+    calls = []
+    real = ddpm.guidance.guided
+
+    def spy(unet, y, scale):
+        calls.append((y.tolist(), scale))
+        return real(unet, y, scale)
+
+    monkeypatch.setattr(ddpm.guidance, "guided", spy)
+    real_load = ddpm.train.load_model
+
+    def load_random(*args, **kwargs):  # random weights: zero-initialised layers hide wiring
+        model, diffusion, config = real_load(*args, **kwargs)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        return model, diffusion, config
+
+    monkeypatch.setattr(ddpm.train, "load_model", load_random)
+    ckpt, out = str(conditional_checkpoint), tmp_path / "grid.png"
+
+    def draw(*extra):
+        raw = tmp_path / "x.pt"
+        assert main(["sample", ckpt, "--sampler", "ddim", "--ddim-steps", "5", "--out", str(out),
+                     "--raw", str(raw), *extra]) == 0  # fmt: skip
+        return torch.load(raw, weights_only=True)
+
+    x = draw("--class", "3,7,1", "--num", "6", "--guidance", "2")
+    assert calls[-1] == ([3, 3, 7, 7, 1, 1], 2.0) and x.shape == (6, 1, 8, 8)
+    width, height = Image.open(out).size
+    assert height > width  # 3 rows of 2: one row per label
+    assert draw("--class", "4").shape == (8, 1, 8, 8)  # default --num: 8 per label
+    assert calls[-1] == ([4] * 8, 0.0)
+    # the labels and the scale reach the network (same seed, same noise)
+    base = draw("--class", "3", "--num", "2", "--guidance", "1")
+    assert not torch.equal(base, draw("--class", "7", "--num", "2", "--guidance", "1"))
+    assert not torch.equal(base, draw("--class", "3", "--num", "2", "--guidance", "4"))
+    assert torch.equal(base, draw("--class", "3", "--num", "2", "--guidance", "1"))
+
+
+def test_sample_by_class_errors(checkpoint, conditional_checkpoint, capsys):
+    cond = str(conditional_checkpoint)
+    cases = [
+        (["sample", str(checkpoint), "--class", "3"], "--class needs a class-conditional model"),
+        (["sample", cond, "--class", "3,10"], "--class takes this model's labels 0..9, got [10]"),
+        (["sample", cond, "--guidance", "2"], "--guidance needs --class"),
+        (["sample", cond, "--class", "0,1", "--num", "5"], "--num 5 is not a multiple of the 2"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (argv, err)
