@@ -114,8 +114,9 @@ portability: $(STAMP)
 # Notebooks are stored without outputs, so nbval only checks that they run (checks are asserts).
 # Two workers (pytest-xdist) of one thread each: book/conftest.py keeps each notebook's cells
 # on one worker, and the chapters that load chapter 7's model after it, on one worker. On
-# 2 cores two one-thread kernels finish the book sooner than one kernel on two threads (most
-# cells work on small tensors), and two threads each would oversubscribe the cores.
+# 2 cores two one-thread kernels finish the book sooner than one kernel on two threads (a
+# second thread speeds the UNet up 1.4-1.8x, not 2x, and the small tensors not at all;
+# bench/README.md), and two threads each would oversubscribe the cores.
 # pytest exits 5 when it collects nothing: fine while book/ has no notebooks.
 NOTEBOOK_WORKERS ?= 2
 NOTEBOOK_THREADS ?= 1
