@@ -324,10 +324,6 @@ def build_diffusion(config: TrainConfig) -> GaussianDiffusion:
 
 
 # ---------------------------------------------------------------------- checkpoints
-# Checkpoint I/O lives in ddpm.checkpoint; these names stay importable from here.
-_read_checkpoint, _load_weights = read_checkpoint, load_weights
-
-
 def _check_arch(saved: dict, config: TrainConfig, path) -> None:
     now = config.to_dict()
     saved = {**TrainConfig().to_dict(), **saved}  # a field added since has its default

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from ddpm import train as T
+from ddpm.checkpoint import load_weights
 from ddpm.unet import UNet
 
 TINY = dict(model_overrides={"ch": 16}, timesteps=50, batch_size=16, lr=1e-3, warmup_steps=4,
@@ -100,7 +101,7 @@ def test_architecture_mismatch_is_one_line(straight, tmp_path):
         T.train(tiny(tmp_path, steps=8, model_overrides={"ch": 32}), resume=True, progress=False)
     wide = UNet.from_preset("digits", ch=32)
     with pytest.raises(T.CheckpointError) as err:
-        T._load_weights(wide, state(straight[1].checkpoint), "ckpt")
+        load_weights(wide, state(straight[1].checkpoint), "ckpt")
     msg = str(err.value)
     assert (
         "\n" not in msg
@@ -109,7 +110,7 @@ def test_architecture_mismatch_is_one_line(straight, tmp_path):
     )
     deeper = UNet.from_preset("digits", ch=16, num_res_blocks=2)
     with pytest.raises(T.CheckpointError, match="missing keys"):
-        T._load_weights(deeper, state(straight[1].checkpoint), "ckpt")
+        load_weights(deeper, state(straight[1].checkpoint), "ckpt")
 
 
 def test_corrupt_checkpoint_is_one_clear_error(straight, tmp_path):
