@@ -35,6 +35,7 @@ from .train import (
     latest_checkpoint,
     load_model,
     preset_config,
+    read_checkpoint,
     train,
 )
 
@@ -102,10 +103,32 @@ def current_mode(name: str | None = None, dataset: str | None = None) -> Mode:
     return Mode("full", dataset, preset, tuple(sorted(overrides.items())), device)
 
 
-def _finished_run(config: TrainConfig):
-    """The latest checkpoint of ``config``'s run folder when it has reached ``config.steps``."""
-    last = latest_checkpoint(config.run_dir or data_dir("runs", config.name))
-    return last if last is not None and checkpoint_step(last) >= config.steps else None
+# What makes a cached run the one a config asks for, besides its length (``steps``): the
+# architecture and the training recipe. Bookkeeping (logging, sample grids, checkpoint
+# spacing), the device and compilation change no result beyond rounding.
+RECIPE_FIELDS = ("batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "label_dropout",
+                 "flip", "amp", "seed")  # fmt: skip
+
+
+def _check_cached_run(saved: dict, config: TrainConfig, run_dir) -> None:
+    """Refuse, in one line, a cached run trained with other settings than ``config``'s: the
+    book's numbers would silently come from another model (say, one that ``ddpm train --lr
+    ...`` left in the same folder)."""
+    was = {**TrainConfig().to_dict(), **saved}  # a field added since has its default
+    now = config.to_dict()  # JSON-like, as the checkpoint holds it: a tuple is a list there
+    arch = [k for k in ARCH_FIELDS if was[k] != now[k]]
+    recipe = [k for k in RECIPE_FIELDS if was[k] != now[k]]
+    if arch or recipe:
+        what = "another architecture" if arch else "other training settings"
+        diff = "; ".join(f"{k}: {was[k]!r} -> {now[k]!r}" for k in (*arch, *recipe))
+        raise CheckpointError(
+            f"the cached run {run_dir} was trained with {what} ({diff}); delete that folder "
+            f"(or give the config another name) to train afresh"
+        )
+
+
+def _run_dir(config: TrainConfig):
+    return config.run_dir or data_dir("runs", config.name)
 
 
 def trained_model(mode: Mode | None = None, *, config: TrainConfig | None = None,
@@ -113,25 +136,22 @@ def trained_model(mode: Mode | None = None, *, config: TrainConfig | None = None
     """(model, diffusion, config): the EMA model of ``mode``'s training run, in eval mode.
 
     Loads the run folder's latest checkpoint when it has reached ``config.steps``; otherwise
-    trains (resuming an interrupted run) and then loads it. ``config`` defaults to
+    trains (resuming an interrupted run) and then loads it. A cached run of another
+    architecture or recipe (``ARCH_FIELDS``, ``RECIPE_FIELDS``) is refused with a one-line
+    CheckpointError, neither loaded nor resumed. ``config`` defaults to
     ``mode.train_config()``; the model is moved to ``device`` (default: the mode's device).
     """
     mode = mode or current_mode()
     config = config or mode.train_config()
-    ckpt = _finished_run(config)
-    if ckpt is None:
+    run_dir = _run_dir(config)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None or checkpoint_step(ckpt) < config.steps:
+        if ckpt is not None:  # resume only the same run, not a mix of two recipes
+            _check_cached_run(read_checkpoint(ckpt)["config"], config, run_dir)
         result = train(config, resume=True, progress=progress)
         if result.interrupted:
             raise KeyboardInterrupt(f"training stopped at step {result.step}; run again to resume")
         ckpt = result.checkpoint
     model, diffusion, saved = load_model(ckpt, device=device or mode.device)
-    # compare as JSON (what the checkpoint holds): a tuple override, e.g. ch_mult, is a list there
-    was, now = saved.to_dict(), config.to_dict()
-    diff = [f"{k}: {was[k]!r} -> {now[k]!r}" for k in ARCH_FIELDS if was[k] != now[k]]
-    if diff:
-        raise CheckpointError(
-            f"the cached run {ckpt.parent.parent} was trained with another architecture "
-            f"({'; '.join(diff)}); delete that folder (or give the config another name) to "
-            f"train afresh"
-        )
+    _check_cached_run(saved.to_dict(), config, run_dir)
     return model, diffusion, saved

@@ -207,9 +207,35 @@ def test_refuses_a_cached_run_of_another_architecture(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and str(tmp_path) in msg and "delete that folder" in msg
     assert "model_overrides: {'ch': 16} -> {'ch': 32}" in msg
-    with pytest.raises(CheckpointError, match="from another architecture") as err:  # unfinished
+    with pytest.raises(CheckpointError, match="with another architecture") as err:  # unfinished
         M.trained_model(config=replace(wide, steps=3), progress=False)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "shown"),
+    [
+        ({"lr": 2e-3}, "lr: 0.001 -> 0.002"),
+        ({"batch_size": 8}, "batch_size: 16 -> 8"),
+        ({"ema_decay": 0.99}, "ema_decay: 0.9 -> 0.99"),
+        ({"seed": 1}, "seed: 0 -> 1"),
+    ],
+)
+def test_refuses_a_cached_run_of_another_recipe(tmp_path, train_calls, change, shown):
+    """A run that `ddpm train --lr ...` left in the book's folder is not the book's model:
+    neither loaded (finished) nor resumed into a mix of two recipes (unfinished)."""
+    M.trained_model(config=tiny(tmp_path, steps=2), progress=False)
+    other = tiny(tmp_path, steps=2, **change)
+    for steps, state in ((2, "finished"), (3, "unfinished")):
+        with pytest.raises(CheckpointError) as err:
+            M.trained_model(config=replace(other, steps=steps), progress=False)
+        msg = str(err.value)
+        assert "\n" not in msg and "with other training settings" in msg and shown in msg, state
+        assert str(tmp_path) in msg and "delete that folder" in msg
+    assert len(train_calls) == 1  # refused before training, not after
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["ckpt_0000002.pt"]
+    # what changes no result is not a different run: the log spacing, the sample grids
+    M.trained_model(config=tiny(tmp_path, steps=2, log_every=2, ckpt_every=500), progress=False)
 
 
 def test_tuple_overrides_match_their_json_lists(tmp_path):
