@@ -32,6 +32,7 @@ from .train import (
     CheckpointError,
     TrainConfig,
     checkpoint_step,
+    config_differences,
     latest_checkpoint,
     load_model,
     preset_config,
@@ -114,16 +115,13 @@ def _check_cached_run(saved: dict, config: TrainConfig, run_dir) -> None:
     """Refuse, in one line, a cached run trained with other settings than ``config``'s: the
     book's numbers would silently come from another model (say, one that ``ddpm train --lr
     ...`` left in the same folder)."""
-    was = {**TrainConfig().to_dict(), **saved}  # a field added since has its default
-    now = config.to_dict()  # JSON-like, as the checkpoint holds it: a tuple is a list there
-    arch = [k for k in ARCH_FIELDS if was[k] != now[k]]
-    recipe = [k for k in RECIPE_FIELDS if was[k] != now[k]]
+    arch = config_differences(saved, config, ARCH_FIELDS)
+    recipe = config_differences(saved, config, RECIPE_FIELDS)
     if arch or recipe:
         what = "another architecture" if arch else "other training settings"
-        diff = "; ".join(f"{k}: {was[k]!r} -> {now[k]!r}" for k in (*arch, *recipe))
         raise CheckpointError(
-            f"the cached run {run_dir} was trained with {what} ({diff}); delete that folder "
-            f"(or give the config another name) to train afresh"
+            f"the cached run {run_dir} was trained with {what} ({'; '.join(arch + recipe)}); "
+            f"delete that folder (or give the config another name) to train afresh"
         )
 
 

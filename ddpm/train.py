@@ -324,10 +324,16 @@ def build_diffusion(config: TrainConfig) -> GaussianDiffusion:
 
 
 # ---------------------------------------------------------------------- checkpoints
-def _check_arch(saved: dict, config: TrainConfig, path) -> None:
+def config_differences(saved: dict, config: TrainConfig, fields) -> list[str]:
+    """``"field: saved -> now"`` for each of ``fields`` where a checkpoint's saved config (a
+    JSON-like dict: a tuple is a list there, as in ``to_dict()``) differs from ``config``."""
+    was = {**TrainConfig().to_dict(), **saved}  # a field added since has its default
     now = config.to_dict()
-    saved = {**TrainConfig().to_dict(), **saved}  # a field added since has its default
-    diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in ARCH_FIELDS if saved.get(k) != now[k]]
+    return [f"{k}: {was[k]!r} -> {now[k]!r}" for k in fields if was[k] != now[k]]
+
+
+def _check_arch(saved: dict, config: TrainConfig, path) -> None:
+    diff = config_differences(saved, config, ARCH_FIELDS)
     if diff:
         raise CheckpointError(f"checkpoint {path} is from another architecture: {'; '.join(diff)}")
 
