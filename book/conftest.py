@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from notebook_groups import scheduler, work_unit  # noqa: E402
+from notebook_groups import scheduler  # noqa: E402
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config, log):
-    def unit_of(nodeid: str) -> str:  # "book/NN_name.ipynb::Cell 3"
-        return work_unit(config.rootpath / nodeid.split("::", 1)[0])
-
-    return scheduler(config, log, unit_of)
+    return scheduler(config, log)

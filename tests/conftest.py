@@ -1,7 +1,6 @@
 """Fixtures and set-up shared by several test files."""
 
 import os
-import re
 import sys
 import urllib.error
 import urllib.request
@@ -13,9 +12,7 @@ import torch
 # tools/ (make_exercises.py, set_repository.py, ...) are scripts, not a package: make them
 # importable by the tests that exercise them.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from notebook_groups import scheduler, work_unit  # noqa: E402
-
-BOOK = Path(__file__).resolve().parent.parent / "book"
+from notebook_groups import scheduler  # noqa: E402
 
 
 def pytest_configure(config):
@@ -44,12 +41,7 @@ def pytest_xdist_make_scheduler(config, log):
     """`make learner` runs on two workers: each learner notebook is one test, and the chapters
     that load chapter 7's model run after it on one worker (tools/notebook_groups.py); every
     other test is a unit of its own."""
-
-    def unit_of(nodeid: str) -> str:
-        chapter = re.search(r"::test_learner_notebook_runs\w*\[(\w+)\]$", nodeid)
-        return work_unit(BOOK / f"{chapter[1]}.ipynb") if chapter else nodeid
-
-    return scheduler(config, log, unit_of)
+    return scheduler(config, log)
 
 
 @pytest.fixture

@@ -4,9 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-from notebook_groups import SHARED_MODEL_GROUP, work_unit
+from notebook_groups import SHARED_MODEL_GROUP, unit_of_test, work_unit
 
-BOOK = Path(__file__).resolve().parent.parent / "book"
+ROOT = Path(__file__).resolve().parent.parent
+BOOK = ROOT / "book"
 
 
 def notebook(tmp_path: Path, *sources: str, name: str = "13_new.ipynb") -> Path:
@@ -44,3 +45,22 @@ def test_the_chapters_that_load_chapter_7s_model_share_its_group():
 def test_a_call_without_config_joins_the_shared_group(tmp_path, sources, shared):
     path = notebook(tmp_path, *sources)
     assert work_unit(path) == (SHARED_MODEL_GROUP if shared else "13_new")
+
+
+LEARNER = "tests/test_learner_notebooks.py::test_learner_notebook_runs_and_every_checker_says_"
+OTHER = "tests/test_repository_url.py::test_x[07_training]"  # another test: a unit of its own
+
+
+@pytest.mark.parametrize(
+    ("nodeid", "unit"),
+    [
+        ("book/07_training.ipynb::Cell 0", SHARED_MODEL_GROUP),  # nbval's cells
+        ("book/09_interpolation.ipynb::Cell 12", SHARED_MODEL_GROUP),
+        ("book/02_posterior.ipynb::Cell 3", "02_posterior"),
+        (LEARNER + "not_solved_yet[10_evaluation]", SHARED_MODEL_GROUP),
+        (LEARNER + "not_solved_yet[12_guidance]", "12_guidance"),
+        (OTHER, OTHER),
+    ],
+)
+def test_a_test_goes_to_its_notebooks_unit(nodeid, unit):
+    assert unit_of_test(nodeid, ROOT) == unit

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Callable
+import re
 from functools import cache
 from pathlib import Path
 
@@ -49,13 +49,28 @@ def work_unit(notebook: Path) -> str:
     return SHARED_MODEL_GROUP if uses_shared_model(notebook) else notebook.stem
 
 
-def scheduler(config, log, unit_of: Callable[[str], str]):
-    """pytest-xdist's scheduler by scope (``--dist loadscope``), with ``unit_of(node_id)`` as
-    the scope: the tests of one unit run on one worker, in collection order."""
+# tests/test_learner_notebooks.py runs one learner notebook per test, named by its chapter
+LEARNER_TEST = re.compile(r"::test_learner_notebook_runs\w*\[(\w+)\]$")
+
+
+def unit_of_test(nodeid: str, root: Path) -> str:
+    """The work unit of a test, from its node id (relative to the rootdir ``root``): an nbval
+    cell (``book/NN_name.ipynb::Cell 3``) and a learner-notebook run (``...[NN_name]``) that
+    of their notebook; any other test is a unit of its own."""
+    path = nodeid.split("::", 1)[0]
+    if path.endswith(".ipynb"):
+        return work_unit(root / path)
+    learner = LEARNER_TEST.search(nodeid)
+    return work_unit(root / "book" / f"{learner[1]}.ipynb") if learner else nodeid
+
+
+def scheduler(config, log):
+    """pytest-xdist's scheduler by scope (``--dist loadscope``), with ``unit_of_test`` as the
+    scope: the tests of one unit run on one worker, in collection order."""
     from xdist.scheduler import LoadScopeScheduling
 
     class NotebookScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return unit_of(nodeid)
+            return unit_of_test(nodeid, config.rootpath)
 
     return NotebookScheduling(config, log)
