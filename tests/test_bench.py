@@ -67,7 +67,7 @@ def test_synthetic_mnist_is_read_as_mnist(gpu, tmp_path, no_network):
     assert ds.data.min() == -1 and 0.5 < ds.data.max() <= 1
 
 
-def test_quick_grid_leaves_out_only_the_compiled_cifar10_rows(unet_step):
+def test_quick_grid_compiles_only_digits_in_fp32_contiguous(unet_step):
     import argparse
 
     ns = argparse.Namespace(models="cifar10,digits", batch_sizes="8", precisions="fp32,bf16",
@@ -76,9 +76,13 @@ def test_quick_grid_leaves_out_only_the_compiled_cifar10_rows(unet_step):
     assert len(full) == 2 * 2 * 2 * 2 * 2  # model x precision x compile x CL x step
     ns.quick = True
     quick = unet_step.grid(ns)
-    dropped = [r for r in full if r not in quick]
-    assert len(dropped) == 8
-    assert all(r["cfg"]["model"] == "cifar10" and r["cfg"]["compile"] for r in dropped)
+    assert all(r in full for r in quick)
+    eager = lambda rows: [r for r in rows if not r["cfg"]["compile"]]  # noqa: E731
+    assert eager(quick) == eager(full)
+    compiled = [r for r in quick if r["cfg"]["compile"]]
+    assert [(r["cfg"]["model"], r["cfg"]["precision"], r["cfg"]["channels_last"], r["step"])
+            for r in compiled] == [("digits", "fp32", False, "train"),
+                                   ("digits", "fp32", False, "sample")]  # fmt: skip
 
 
 def test_ratio_tables_compare_like_with_like_and_best_with_best(unet_step):
@@ -92,3 +96,21 @@ def test_ratio_tables_compare_like_with_like_and_best_with_best(unet_step):
     assert "| cifar10 | 8 | train | fp32 | 8.0 | 5.3 | 1.50x |" in text
     assert "bf16 compiled" not in text.split("best setting")[0]  # no partner: no same-setting row
     assert "| cifar10 | 8 | train | bf16 | 16.0 | bf16 compiled | 10.0 | 1.60x |" in text
+
+
+@pytest.mark.parametrize("quiet_wait, samples", [(0, 0), (5, 1)])
+def test_quiet_wait_zero_takes_no_load_sample_before_a_row(unet_step, monkeypatch, quiet_wait,
+                                                           samples):  # fmt: skip
+    import argparse
+    import time
+
+    calls = []
+    monkeypatch.setattr(unet_step, "wait_quiet", lambda *a: calls.append(a) or (2.0, 0.0))
+    fake = {"median_s": 0.01, "iqr_s": 0.001, "peak_bytes": 2**20, "others_cpu_frac": 0.0,
+            "cpu_util": 1.0, "worker_wall_s": 1.0}  # fmt: skip
+    monkeypatch.setattr(unet_step, "run_worker", lambda *a: dict(fake))
+    args = argparse.Namespace(device="cpu", t_start=time.perf_counter(), time_budget=900,
+                              retries=0, max_other_load=0.1, quiet_wait=quiet_wait)  # fmt: skip
+    row = unet_step.measure(args, "ours", "train", 8, {"model": "digits"})
+    assert len(calls) == samples
+    assert row["quiet_waited_s"] == (2.0 if samples else 0.0)
