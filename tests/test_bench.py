@@ -67,22 +67,16 @@ def test_synthetic_mnist_is_read_as_mnist(gpu, tmp_path, no_network):
     assert ds.data.min() == -1 and 0.5 < ds.data.max() <= 1
 
 
-def test_quick_grid_compiles_only_digits_in_fp32_contiguous(unet_step):
-    import argparse
-
-    ns = argparse.Namespace(models="cifar10,digits", batch_sizes="8", precisions="fp32,bf16",
-                            compile="off,on", channels_last="off,on", quick=False)  # fmt: skip
-    full = unet_step.grid(ns)
+def test_quick_grid_is_the_full_grid_less_its_compiled_rows(unet_step):
+    base = ["--models", "cifar10,digits", "--batch-sizes", "8"]
+    full = unet_step.grid(unet_step.parse_args(base))
     assert len(full) == 2 * 2 * 2 * 2 * 2  # model x precision x compile x CL x step
-    ns.quick = True
-    quick = unet_step.grid(ns)
-    assert all(r in full for r in quick)
-    eager = lambda rows: [r for r in rows if not r["cfg"]["compile"]]  # noqa: E731
-    assert eager(quick) == eager(full)
-    compiled = [r for r in quick if r["cfg"]["compile"]]
-    assert [(r["cfg"]["model"], r["cfg"]["precision"], r["cfg"]["channels_last"], r["step"])
-            for r in compiled] == [("digits", "fp32", False, "train"),
-                                   ("digits", "fp32", False, "sample")]  # fmt: skip
+    quick_args = unet_step.parse_args([*base, "--quick"])
+    assert (quick_args.repeats, quick_args.warmup, quick_args.quiet_wait) == (3, 1, 0)
+    quick = unet_step.grid(quick_args)
+    assert quick == [r for r in full if not r["cfg"]["compile"]] and len(quick) == 16
+    asked = unet_step.grid(unet_step.parse_args([*base, "--quick", "--compile", "on"]))
+    assert len(asked) == 16 and all(r["cfg"]["compile"] for r in asked)
 
 
 def test_ratio_tables_compare_like_with_like_and_best_with_best(unet_step):
