@@ -108,3 +108,17 @@ def test_quiet_wait_zero_takes_no_load_sample_before_a_row(unet_step, monkeypatc
     row = unet_step.measure(args, "ours", "train", 8, {"model": "digits"})
     assert len(calls) == samples
     assert row["quiet_waited_s"] == (2.0 if samples else 0.0)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("what, precision, channels_last",
+                         [("train", "fp32", False), ("sample", "bf16", True)])  # fmt: skip
+def test_op_share_splits_a_steps_time_into_convolution_and_the_rest(what, precision,
+                                                                    channels_last):  # fmt: skip
+    op_share = load("op_share")
+    row = op_share.profile_step("ours", "digits", what, 2, 1, precision, channels_last)
+    assert (row["precision"], row["channels_last"], row["steps_profiled"]) == (
+        precision, channels_last, 1)  # fmt: skip
+    assert 0.05 < row["conv_share"] < 1 and row["self_cpu_ms_per_step"] > 0
+    assert row["amdahl_bound"] == pytest.approx(1 / row["conv_share"], rel=0.01)
+    assert any("convolution" in op for op in row["top_ops"])
