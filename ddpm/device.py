@@ -126,11 +126,13 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     """The mixed precision a run uses on ``device``: "bf16", "fp16" (with a GradScaler) or "off".
 
     ``"auto"``: on CUDA, bf16 where the GPU has it natively (Ampere and later), else fp16. On MPS
-    and on the CPU, off: nothing here has measured MPS in half precision, and quick mode's numbers
-    (the book's) must not depend on whether the CPU that builds it has native bfloat16; a
-    benchmark may choose bf16 with :func:`cpu_has_native_bf16`. Explicit settings are checked:
-    fp16 needs a GPU, bf16 on MPS needs macOS 14, and bf16 on a CPU without native bfloat16 runs
-    (emulated, usually slower than fp32) with a warning.
+    and on the CPU, off: nothing here has measured MPS in half precision; on a Xeon with
+    AVX512-BF16 but no AMX, bf16 autocast ran at 0.78-0.79x the speed of float32
+    (bench/README.md), so native bfloat16 alone does not make it faster; and quick mode's numbers
+    (the book's) must not depend on the CPU that builds it. A benchmark may choose bf16 with
+    :func:`cpu_has_native_bf16`. Explicit settings are checked: fp16 needs a GPU, bf16 on MPS
+    needs macOS 14, and bf16 on a CPU without native bfloat16 runs (emulated, usually slower than
+    fp32) with a warning.
     """
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {', '.join(map(repr, AMP_CHOICES))}, got {amp!r}")
