@@ -5,12 +5,12 @@
 
 Runs the same training step (L_simple, backward, Adam) and sampling step (one forward under
 inference mode) as ``unet_step.py``, eager, in fp32 or under bf16 autocast, contiguous or
-channels_last, under ``torch.profiler``, and splits the
-self CPU time of the profiled steps into convolution (``aten::*convolution*``, forward and
-backward, whichever kernel runs it) and everything else (GroupNorm, SiLU, attention, adds,
-copies, Adam). Both libraries run the same convolutions (the same network, the same FLOPs), so
-the convolution share bounds what any rewrite outside them can gain (Amdahl):
-``1 / conv_share``. One JSON line per (library, model, step) is appended to ``--out``.
+channels_last, under ``torch.profiler``, and splits the self CPU time of the profiled steps into
+convolution (``aten::*convolution*``, forward and backward, whichever kernel runs it) and
+everything else (GroupNorm, SiLU, attention, adds, copies, Adam). Both libraries run the same
+convolutions (the same network, the same FLOPs), so the convolution share bounds what any
+rewrite outside them can gain (Amdahl): ``1 / conv_share``. One JSON line per (library, model,
+precision, layout, step) is appended to ``--out``.
 """
 
 from __future__ import annotations
