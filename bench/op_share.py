@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from unet_step import LIBS, LR, MODELS, T_SAMPLE, T_STEPS, cpu_model  # noqa: E402
+from unet_step import LIBS, MODELS, cpu_model, make_step  # noqa: E402
 
 
 def profile_step(lib: str, model_name: str, what: str, batch: int, steps: int, precision: str,
@@ -36,31 +36,7 @@ def profile_step(lib: str, model_name: str, what: str, batch: int, steps: int, p
     model = model.to(memory_format=layout)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     x0 = (torch.rand(batch, C, S, S) * 2 - 1).contiguous(memory_format=layout)
-    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T_STEPS, dtype=torch.float64), 0).float()
-    if what == "train":
-        model.train()
-        opt = torch.optim.Adam(model.parameters(), lr=LR)
-
-        def step():
-            t = torch.randint(0, T_STEPS, (batch,))
-            eps = torch.randn_like(x0)
-            a = abar[t].view(batch, 1, 1, 1)
-            with autocast:  # as in unet_step.py
-                out = fwd(model, a.sqrt() * x0 + (1 - a).sqrt() * eps, t)
-                loss = torch.nn.functional.mse_loss(out.float(), eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    else:
-        model.eval()
-        xt = torch.randn(batch, C, S, S).contiguous(memory_format=layout)
-        t = torch.full((batch,), T_SAMPLE)
-
-        def step():
-            with torch.inference_mode(), autocast:
-                fwd(model, xt, t)
-
+    step = make_step(what, model, model, fwd, x0, autocast, layout)
     for _ in range(2):  # warm-up: oneDNN primitive caches, Adam's state
         step()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

@@ -227,6 +227,46 @@ def _jsonable(obj):
     return obj
 
 
+def make_step(what: str, model, net, fwd, x0, autocast, memory_format):
+    """The step a row times (also profiled by op_share.py), on ``net`` (``model`` itself or
+    compiled): ``train``, one L_simple step (``t ~ U{0..T-1}``, ``eps ~ N(0, I)``, MSE, backward,
+    Adam; the paper's linear schedule 1e-4..0.02) on the data ``x0``; ``sample``, one forward at
+    ``t = T_SAMPLE`` under inference mode. ``autocast``: the precision's context."""
+    import torch
+
+    B, device = x0.shape[0], x0.device
+    if what == "train":
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=LR)
+        betas = torch.linspace(1e-4, 0.02, T_STEPS, dtype=torch.float64)
+        abar = torch.cumprod(1 - betas, 0).float().to(device)
+
+        def step():
+            t = torch.randint(0, T_STEPS, (B,), device=device)
+            eps = torch.randn_like(x0)
+            a = abar[t].view(B, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+            with autocast:
+                loss = torch.nn.functional.mse_loss(fwd(net, xt, t).float(), eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss
+
+        return step
+    if what == "sample":
+        model.eval()
+        xt = torch.randn(x0.shape, device=device).contiguous(memory_format=memory_format)
+        t = torch.full((B,), T_SAMPLE, dtype=torch.long, device=device)
+
+        def step():
+            with torch.inference_mode(), autocast:
+                return fwd(net, xt, t)
+
+        return step
+    raise ValueError(what)
+
+
 def worker(args) -> dict:
     import torch
 
@@ -279,36 +319,7 @@ def worker(args) -> dict:
     gen = torch.Generator(device="cpu").manual_seed(0)
     x0 = (torch.rand(B, C, S, S, generator=gen) * 2 - 1).to(device)  # data in [-1, 1]
     x0 = x0.contiguous(memory_format=memory_format)
-    betas = torch.linspace(1e-4, 0.02, T_STEPS, dtype=torch.float64)
-    abar = torch.cumprod(1 - betas, 0).float().to(device)
-
-    if args.what == "train":
-        model.train()
-        opt = torch.optim.Adam(model.parameters(), lr=LR)
-
-        def step():
-            t = torch.randint(0, T_STEPS, (B,), device=device)
-            eps = torch.randn_like(x0)
-            a = abar[t].view(B, 1, 1, 1)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-            with autocast:
-                loss = torch.nn.functional.mse_loss(fwd(net, xt, t).float(), eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss
-
-    elif args.what == "sample":
-        model.eval()
-        xt = torch.randn(B, C, S, S, device=device).contiguous(memory_format=memory_format)
-        t = torch.full((B,), T_SAMPLE, dtype=torch.long, device=device)
-
-        def step():
-            with torch.inference_mode(), autocast:
-                return fwd(net, xt, t)
-
-    else:
-        raise ValueError(args.what)
+    step = make_step(args.what, model, net, fwd, x0, autocast, memory_format)
 
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
